@@ -1,0 +1,184 @@
+//! Operator actions and retention: cancel, retry, delete, prune, queue settings.
+
+use kyu_core::{Job, JobId, JobState, QueueInfo, ValidationError};
+use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
+use rusqlite::{OptionalExtension, params, params_from_iter};
+
+use crate::error::SqlResultExt;
+use crate::finish::{failed_expiry, fail_dependents};
+use crate::insert::ensure_queue;
+use crate::read::{State, job_must, queue_list};
+use crate::writer::Tx;
+
+fn seq_and_state(tx: &Tx<'_>, id: &JobId) -> Result<(i64, JobState), StoreError> {
+    tx.conn
+        .prepare_cached("SELECT seq, state FROM kyu_jobs WHERE id = ?1")
+        .db()?
+        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get::<_, State>(1)?.0)))
+        .optional()
+        .db()?
+        .ok_or_else(|| StoreError::job_not_found(id))
+}
+
+pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
+    let (seq, state) = seq_and_state(tx, id)?;
+    match state {
+        s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
+        // Stored, not only signalled: the worker learns it at its next heartbeat.
+        JobState::Running => {
+            tx.conn
+                .prepare_cached("UPDATE kyu_jobs SET cancel_requested = 1 WHERE seq = ?1")
+                .db()?
+                .execute([seq])
+                .db()?;
+        }
+        _ => {
+            tx.conn
+                .prepare_cached(
+                    "UPDATE kyu_jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?2, expires_at = ?3 \
+                     WHERE seq = ?1",
+                )
+                .db()?
+                .execute(params![seq, tx.now_str, failed_expiry(tx)])
+                .db()?;
+            tx.events.push(StoreEvent::JobFinished(id.clone()));
+            fail_dependents(tx, seq, id)?;
+        }
+    }
+    job_must(tx.conn, id)
+}
+
+/// Back to `queued` with a fresh set of attempts; `?1` is now.
+const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = ?1, finished_at = NULL, expires_at = NULL, \
+     cancel_requested = 0, token = NULL, lease_expires_at = NULL, pending_deps = 0";
+
+pub(crate) fn retry(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
+    let (seq, state) = seq_and_state(tx, id)?;
+    if !matches!(state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
+    }
+    tx.conn
+        .prepare_cached(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = ?2"))
+        .db()?
+        .execute(params![tx.now_str, seq])
+        .db()?;
+    let job = job_must(tx.conn, id)?;
+    tx.events.push(StoreEvent::JobsAvailable(job.queue.clone()));
+    Ok(job)
+}
+
+pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let state = p.state.unwrap_or(JobState::Failed);
+    if !matches!(state, JobState::Failed | JobState::Cancelled) {
+        return Err(ValidationError::new("state", "must be failed or cancelled").into());
+    }
+    let mut args: Vec<rusqlite::types::Value> = vec![tx.now_str.clone().into()];
+    let mut wheres: Vec<String> = Vec::new();
+    let mut filter = |clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        wheres.push(clause.replace('?', &format!("?{}", args.len())));
+    };
+    filter("state = ?", state.as_str().to_owned().into());
+    if let Some(q) = &p.queue {
+        filter("queue = ?", q.as_str().to_owned().into());
+    }
+    if let Some(k) = &p.kind {
+        filter("kind = ?", k.clone().into());
+    }
+    if let Some(s) = p.since {
+        filter("finished_at >= ?", s.to_rfc3339().into());
+    }
+    if let Some(u) = p.until {
+        filter("finished_at < ?", u.to_rfc3339().into());
+    }
+    if let Some(e) = &p.error_contains {
+        filter("instr(json_extract(errors, '$[#-1].message'), ?) > 0", e.clone().into());
+    }
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue", wheres.join(" AND "));
+    let mut stmt = tx.conn.prepare(&sql).db()?;
+    let mut queues: Vec<String> = stmt.query_map(params_from_iter(args), |r| r.get(0)).db()?.collect::<Result<_, _>>().db()?;
+    let count = queues.len() as u64;
+    queues.sort();
+    queues.dedup();
+    tx.events.extend(queues.into_iter().filter_map(|q| kyu_core::QueueName::new(q).ok()).map(StoreEvent::JobsAvailable));
+    Ok(count)
+}
+
+pub(crate) fn delete(tx: &mut Tx<'_>, id: &JobId) -> Result<(), StoreError> {
+    let (seq, state) = seq_and_state(tx, id)?;
+    if state == JobState::Running {
+        return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
+    }
+    if !state.is_terminal() {
+        // Its dependents would otherwise wait forever.
+        fail_dependents(tx, seq, id)?;
+    }
+    remove(tx, seq)
+}
+
+fn remove(tx: &Tx<'_>, seq: i64) -> Result<(), StoreError> {
+    tx.conn.prepare_cached("DELETE FROM kyu_jobs WHERE seq = ?1").db()?.execute([seq]).db()?;
+    tx.conn.prepare_cached("DELETE FROM kyu_job_deps WHERE dep_seq = ?1").db()?.execute([seq]).db()?;
+    tx.conn.prepare_cached("DELETE FROM kyu_job_deps WHERE job_seq = ?1").db()?.execute([seq]).db()?;
+    Ok(())
+}
+
+/// Deletes up to `batch` finished jobs whose retention has passed.
+pub(crate) fn prune(tx: &mut Tx<'_>, batch: usize) -> Result<u64, StoreError> {
+    let seqs: Vec<i64> = tx
+        .conn
+        .prepare_cached("SELECT seq FROM kyu_jobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2")
+        .db()?
+        .query_map(params![tx.now_str, batch as i64], |r| r.get(0))
+        .db()?
+        .collect::<Result<_, _>>()
+        .db()?;
+    for &seq in &seqs {
+        remove(tx, seq)?;
+    }
+    Ok(seqs.len() as u64)
+}
+
+pub(crate) fn queue_update(tx: &mut Tx<'_>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+    if let Some(Some(c)) = p.concurrency
+        && c < 0
+    {
+        return Err(ValidationError::new("concurrency", "must be >= 0 or null").into());
+    }
+    if let Some(Some(c)) = p.group_concurrency
+        && c < 1
+    {
+        return Err(ValidationError::new("group_concurrency", "must be >= 1 or null").into());
+    }
+    if let Some(Some(r)) = p.rate_limit
+        && (r.max < 1 || r.per_ms < 1)
+    {
+        return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1").into());
+    }
+    ensure_queue(tx, p.name.as_str())?;
+    let name = p.name.as_str();
+    if let Some(paused) = p.paused {
+        tx.conn.execute("UPDATE kyu_queues SET paused = ?2 WHERE name = ?1", params![name, paused]).db()?;
+        if !paused {
+            tx.events.push(StoreEvent::JobsAvailable(p.name.clone()));
+        }
+    }
+    if let Some(c) = p.concurrency {
+        tx.conn.execute("UPDATE kyu_queues SET concurrency = ?2 WHERE name = ?1", params![name, c]).db()?;
+    }
+    if let Some(g) = p.group_concurrency {
+        tx.conn.execute("UPDATE kyu_queues SET group_concurrency = ?2 WHERE name = ?1", params![name, g]).db()?;
+    }
+    if let Some(r) = p.rate_limit {
+        tx.conn
+            .execute(
+                "UPDATE kyu_queues SET rate_max = ?2, rate_per_ms = ?3, rate_window_start = NULL, \
+                 rate_window_count = 0 WHERE name = ?1",
+                params![name, r.map(|r| r.max), r.map(|r| r.per_ms)],
+            )
+            .db()?;
+    }
+    queue_list(tx.conn, Some(name))?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound(format!("queue `{name}`")))
+}

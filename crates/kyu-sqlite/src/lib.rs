@@ -1,0 +1,246 @@
+//! kyu-sqlite: kyu's embedded backend, one SQLite file.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kyu_store::StoreError> {
+//! use kyu_store::Store;
+//! let store = kyu_sqlite::SqliteStore::open("kyu.db", Default::default())?;
+//! let queues = store.queue_list().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Writes go to one writer thread that folds concurrent operations into
+//! shared transactions ([`writer`]); reads use a small pool of read-only
+//! connections, which WAL lets run beside the writer. The file is durable as
+//! shipped: WAL with `synchronous = FULL`, so an acknowledged transaction
+//! survives power loss. Several processes may open one file; each has its own
+//! writer, and SQLite's lock (with a busy timeout) orders them. Events reach
+//! only this process, so other processes' workers find new jobs by polling.
+#![warn(missing_docs)]
+
+mod admin;
+mod claim;
+mod error;
+mod finish;
+mod insert;
+mod migrate;
+mod read;
+mod writer;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kyu_core::{Clock, Job, JobId, QueueInfo};
+use kyu_store::*;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::broadcast;
+
+use crate::error::SqlResultExt;
+use crate::writer::Writer;
+
+/// Settings of a SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Where "now" comes from.
+    pub clock: Clock,
+    /// How long a completed job is kept unless it says otherwise.
+    pub keep_result_ms: i64,
+    /// How long failed and cancelled jobs are kept.
+    pub keep_failed_ms: i64,
+    /// How long to wait for another process's write lock before giving up.
+    pub busy_timeout: Duration,
+    /// `FULL` (default) makes each commit durable; `NORMAL` trades the last
+    /// commits on power loss for speed.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: durable.
+    Full,
+    /// fsync at checkpoints only: an OS crash or power loss may lose recent commits.
+    Normal,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            clock: Clock::system(),
+            keep_result_ms: 24 * 3_600_000,
+            keep_failed_ms: 7 * 24 * 3_600_000,
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+/// A kyu store on one SQLite file. Cheap to clone; clones share the writer.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    opts: SqliteOptions,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its
+    /// schema up to date.
+    pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = connect(&path, &opts, false)?;
+        migrate::run(&mut conn).db()?;
+        let found: i64 = conn.query_row("SELECT max(version) FROM kyu_migrations", [], |r| r.get(0)).db()?;
+        if found > migrate::latest() {
+            return Err(StoreError::Backend(
+                format!("{} has schema version {found}, newer than this kyu ({})", path.display(), migrate::latest())
+                    .into(),
+            ));
+        }
+        let (events, _) = broadcast::channel(4096);
+        let writer = Writer::start(conn, opts.clone(), events.clone());
+        Ok(SqliteStore { inner: Arc::new(Inner { path, opts, writer, readers: Mutex::new(Vec::new()), events }) })
+    }
+
+    /// The file this store is on.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs a read on a pooled read-only connection, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().expect("reader pool").pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => connect(&inner.path, &inner.opts, true)?,
+            };
+            let out = f(&conn);
+            let mut pool = inner.readers.lock().expect("reader pool");
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+    }
+}
+
+fn connect(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()).into())
+    })?;
+    conn.busy_timeout(opts.busy_timeout).db()?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if !read_only {
+        let sync = match opts.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};")).db()?;
+    }
+    Ok(conn)
+}
+
+impl Store for SqliteStore {
+    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<Inserted>, StoreError> {
+        self.inner.writer.write(move |tx| insert::insert_many(tx, p.jobs)).await
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+        if p.max == 0 || p.queues.is_empty() {
+            return Ok(ClaimResult::default());
+        }
+        self.inner.writer.write(move |tx| claim::claim(tx, p)).await
+    }
+
+    async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
+        // One operation for the whole batch, so it shares one savepoint; each
+        // report still fails alone because a refused report writes nothing.
+        self.inner.writer.write(move |tx| Ok(reports.into_iter().map(|r| finish::report(tx, r)).collect())).await
+    }
+
+    async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
+        self.inner.writer.write(move |tx| Ok(finish::heartbeat_many(tx, p))).await
+    }
+
+    async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {
+        self.inner.writer.write(move |tx| finish::save(tx, p)).await
+    }
+
+    async fn job_get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| read::job_get(c, id.as_str())).await
+    }
+
+    async fn job_list(&self, p: JobListParams) -> Result<JobPage, StoreError> {
+        self.read(move |c| read::job_list(c, &p)).await
+    }
+
+    async fn job_cancel(&self, id: &JobId) -> Result<Job, StoreError> {
+        let id = id.clone();
+        self.inner.writer.write(move |tx| admin::cancel(tx, &id)).await
+    }
+
+    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
+        let id = id.clone();
+        self.inner.writer.write(move |tx| admin::retry(tx, &id)).await
+    }
+
+    async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        self.inner.writer.write(move |tx| admin::retry_many(tx, p)).await
+    }
+
+    async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.inner.writer.write(move |tx| admin::delete(tx, &id)).await
+    }
+
+    async fn job_rescue(&self) -> Result<RescueCounts, StoreError> {
+        self.inner.writer.write(finish::rescue).await
+    }
+
+    async fn job_prune(&self, p: JobPruneParams) -> Result<u64, StoreError> {
+        self.inner.writer.write(move |tx| admin::prune(tx, p.batch)).await
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.read(|c| read::queue_list(c, None)).await
+    }
+
+    async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+        self.inner.writer.write(move |tx| admin::queue_update(tx, p)).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn supports_listen_notify(&self) -> bool {
+        false
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.inner.opts.clock
+    }
+}

@@ -1,0 +1,184 @@
+//! The writer thread: every write runs here, and concurrent writes share a
+//! transaction (group commit).
+//!
+//! SQLite allows one writer at a time, and a durable commit costs an fsync.
+//! Running each operation in its own transaction would cap throughput at one
+//! fsync per operation however many handlers are busy. Instead, operations are
+//! queued to one thread that takes everything waiting, runs each inside a
+//! savepoint (so a refused operation rolls back alone), commits once, and only
+//! then answers each caller and publishes their events. A caller is never
+//! told "done" before its change is on disk.
+
+use std::thread;
+
+use kyu_core::Millis;
+use kyu_store::{StoreError, StoreEvent};
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::SqliteOptions;
+use crate::error::map_err;
+
+/// Most operations folded into one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// What an operation sees: the connection inside the open transaction, the
+/// transaction's time, and a place to put events for after the commit.
+pub(crate) struct Tx<'a> {
+    pub conn: &'a Connection,
+    pub now: Millis,
+    pub now_str: String,
+    pub events: Vec<StoreEvent>,
+    pub opts: &'a SqliteOptions,
+}
+
+trait WriteOp: Send {
+    /// Runs the operation; false if it failed and must be rolled back.
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Answers the caller once the transaction's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct Op<F, T> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> WriteOp for Op<F, T>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send,
+    T: Send,
+{
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool {
+        let f = self.f.take().expect("write op runs once");
+        let r = f(tx);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let answer = match (commit, self.result) {
+            // An operation that failed on its own keeps its own error.
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(ok)) => ok,
+            (Err(msg), _) => Err(StoreError::Unavailable(msg.into())),
+            (Ok(()), None) => Err(StoreError::Backend("write was not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Handle to the writer thread. Dropping the last one ends the thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Box<dyn WriteOp>>,
+}
+
+impl Writer {
+    pub fn start(conn: Connection, opts: SqliteOptions, events: broadcast::Sender<StoreEvent>) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        thread::Builder::new()
+            .name("kyu-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, opts, rx, events))
+            .expect("spawn the SQLite writer thread");
+        Writer { tx }
+    }
+
+    /// Runs `f` in a transaction on the writer thread, shared with whatever
+    /// else is waiting, and answers after the commit.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let op = Box::new(Op { f: Some(f), result: None, reply });
+        self.tx.send(op).map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    opts: SqliteOptions,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
+    events: broadcast::Sender<StoreEvent>,
+) {
+    let mut group: Vec<Box<dyn WriteOp>> = Vec::with_capacity(64);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut published = Vec::new();
+        let commit = run_group(&conn, &opts, &mut group, &mut published);
+        for op in group.drain(..) {
+            op.finish(commit.clone());
+        }
+        if commit.is_ok() {
+            publish(&events, published);
+        }
+    }
+}
+
+/// Runs a group in one transaction. `Err` carries the reason every operation
+/// in the group is lost (the transaction could not start or commit).
+fn run_group(
+    conn: &Connection,
+    opts: &SqliteOptions,
+    group: &mut [Box<dyn WriteOp>],
+    published: &mut Vec<StoreEvent>,
+) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
+    let now = opts.clock.now();
+    let single = group.len() == 1;
+    for op in group.iter_mut() {
+        let mut tx = Tx { conn, now, now_str: now.to_rfc3339(), events: Vec::new(), opts };
+        // A lone operation needs no savepoint: on failure the whole
+        // transaction is rolled back below, which is the same thing.
+        if !single && let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(map_err(e).to_string());
+        }
+        let ok = op.run(&mut tx);
+        if single {
+            if !ok {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Ok(());
+            }
+        } else {
+            let sql = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+            if let Err(e) = conn.execute_batch(sql) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(map_err(e).to_string());
+            }
+        }
+        if ok {
+            published.append(&mut tx.events);
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        published.clear();
+        return Err(map_err(e).to_string());
+    }
+    Ok(())
+}
+
+/// Sends each distinct event once: a batch of 1000 jobs on one queue wakes
+/// waiters once, not 1000 times.
+fn publish(events: &broadcast::Sender<StoreEvent>, mut published: Vec<StoreEvent>) {
+    if events.receiver_count() == 0 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    published.retain(|e| seen.insert(e.clone()));
+    for e in published {
+        let _ = events.send(e);
+    }
+}

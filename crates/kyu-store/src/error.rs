@@ -1,0 +1,40 @@
+use kyu_core::ValidationError;
+
+/// Any error from a database driver.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a store operation can fail with. Both backends map their errors into
+/// these variants alike, and the conformance suite checks they do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The job (or queue) does not exist. HTTP 404.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request does not fit the job's state: a stale token, a report on a
+    /// terminal job, deleting a running job. Changes nothing. HTTP 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but refers to something impossible, such
+    /// as an unknown dependency. HTTP 422.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The database is busy or unreachable; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// Anything else from the database.
+    #[error("store error: {0}")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// The not-found error for job `id`.
+    pub fn job_not_found(id: &kyu_core::JobId) -> StoreError {
+        StoreError::NotFound(format!("job `{id}`"))
+    }
+
+    /// Whether the worker should retry the same call later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}

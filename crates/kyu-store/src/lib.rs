@@ -1,0 +1,110 @@
+//! kyu-store: the storage seam between kyu and its databases.
+//!
+//! [`Store`] is implemented by `kyu-sqlite` and `kyu-postgres`, and the
+//! `kyu-storetest` conformance suite runs the same cases against each.
+//! Internal seam: changes here are not breaking changes for users, who reach
+//! kyu through the worker runtime, the HTTP API and the CLI.
+//!
+//! Methods are domain operations named noun-then-verb, each taking one params
+//! struct. Batch methods are the normal case: on SQLite one call is one
+//! closure in one transaction on the writer thread, on PostgreSQL one round
+//! trip, so a worker reporting 50 completions pays for one, not 50.
+#![warn(missing_docs)]
+
+mod error;
+mod params;
+
+use std::future::Future;
+
+pub use error::{BoxError, StoreError};
+pub use params::*;
+
+use kyu_core::{Clock, Job, JobId, QueueInfo};
+use tokio::sync::broadcast;
+
+/// Storage for jobs and queues. Every method that changes state does so in
+/// one transaction; see each method for what it guarantees.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Inserts jobs atomically: all of them or none. A job whose id exists,
+    /// or whose `unique_key` is taken, creates nothing and comes back as a
+    /// duplicate naming the existing job. A dependency must already exist or
+    /// come earlier in the same batch (so no cycle can ever be made); an
+    /// unknown one refuses the whole batch with [`StoreError::Invalid`].
+    fn job_insert_many(
+        &self,
+        p: JobInsertManyParams,
+    ) -> impl Future<Output = Result<Vec<Inserted>, StoreError>> + Send;
+
+    /// Claims up to `max` claimable jobs from `queues` in priority, then
+    /// `run_at`, then enqueue order; each gets a lease and a fresh token and
+    /// its attempt counted. Respects pause, concurrency and rate limits.
+    fn job_claim(&self, p: JobClaimParams) -> impl Future<Output = Result<ClaimResult, StoreError>> + Send;
+
+    /// Applies the reports of finished attempts. Each is checked against its
+    /// token separately: a stale or misdirected report is refused in its slot
+    /// of the answer and changes nothing, without affecting the others. The
+    /// outer error means none was applied.
+    fn job_report_many(
+        &self,
+        reports: Vec<Report>,
+    ) -> impl Future<Output = Result<Vec<Result<JobState, StoreError>>, StoreError>> + Send;
+
+    /// Extends the leases of running jobs and tells each whether it was asked to stop.
+    fn job_heartbeat_many(
+        &self,
+        p: JobHeartbeatParams,
+    ) -> impl Future<Output = Result<Vec<Result<Heartbeat, StoreError>>, StoreError>> + Send;
+
+    /// Saves a running job's checkpoint and/or progress, fenced by its token.
+    fn job_save(&self, p: JobSaveParams) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One job, if it exists.
+    fn job_get(&self, id: &JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Jobs newest first, filtered, a page at a time.
+    fn job_list(&self, p: JobListParams) -> impl Future<Output = Result<JobPage, StoreError>> + Send;
+
+    /// Operator cancel. A queued, scheduled or waiting job ends `cancelled`
+    /// at once; a running one gets `cancel_requested` and ends when its
+    /// worker reports or its lease expires. A terminal job is a conflict.
+    fn job_cancel(&self, id: &JobId) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Operator retry of a `failed` or `cancelled` job: back to `queued` with
+    /// a fresh set of attempts. Other states are a conflict.
+    fn job_retry(&self, id: &JobId) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Bulk redrive of the dead-letter set by filter; returns how many.
+    fn job_retry_many(&self, p: JobRetryManyParams) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Removes a job that is not running.
+    fn job_delete(&self, id: &JobId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Fails every running job whose lease has expired (`"lease expired"`,
+    /// the attempt counted, retried per its policy) and moves due scheduled
+    /// jobs to `queued`. Safe to run on every node at once.
+    fn job_rescue(&self) -> impl Future<Output = Result<RescueCounts, StoreError>> + Send;
+
+    /// Deletes finished jobs past their retention, at most `batch` per call.
+    fn job_prune(&self, p: JobPruneParams) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every known queue with its settings and counts.
+    fn queue_list(&self) -> impl Future<Output = Result<Vec<QueueInfo>, StoreError>> + Send;
+
+    /// Changes a queue's settings (creating it if new) and returns it.
+    fn queue_update(&self, p: QueueUpdateParams) -> impl Future<Output = Result<QueueInfo, StoreError>> + Send;
+
+    /// Events after commit: jobs available on a queue, a job finished.
+    /// A hint, never the source of truth: a lagged receiver re-checks the store.
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// Whether events arrive from other processes too (PostgreSQL's
+    /// LISTEN/NOTIFY) or only from this one (SQLite), so waiters know how
+    /// often they must poll.
+    fn supports_listen_notify(&self) -> bool;
+
+    /// The store's clock; tests move it forward.
+    fn clock(&self) -> &Clock;
+}
+
+/// Re-exported so callers name states through the store crate too.
+pub use kyu_core::JobState;

@@ -1,0 +1,203 @@
+//! Parameters and answers of [`crate::Store`] methods.
+
+use kyu_core::transition::Failure;
+use kyu_core::{ClaimedJob, Job, JobId, JobState, Millis, NewJob, QueueName, RateLimit};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Jobs to insert in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct JobInsertManyParams {
+    /// In order; a dependency must come before its dependents.
+    pub jobs: Vec<NewJob>,
+}
+
+/// One inserted (or found duplicate) job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Inserted {
+    /// The job's id: the new job's, or the existing one's for a duplicate.
+    pub id: JobId,
+    /// State after the insert.
+    pub state: JobState,
+    /// Nothing was created: the id or unique key was already taken.
+    pub duplicate: bool,
+}
+
+/// A claim request.
+#[derive(Clone, Debug)]
+pub struct JobClaimParams {
+    /// Queues to take from.
+    pub queues: Vec<QueueName>,
+    /// Name recorded on the job, for operators.
+    pub worker: String,
+    /// Most jobs to claim.
+    pub max: usize,
+    /// Lease length.
+    pub lease_ms: i64,
+}
+
+/// What a claim returned.
+#[derive(Clone, Debug, Default)]
+pub struct ClaimResult {
+    /// The claimed jobs, each with its token.
+    pub jobs: Vec<ClaimedJob>,
+    /// When fewer than `max` were claimed: the earliest `run_at` of a
+    /// scheduled job in those queues, so an idle worker knows when to look again.
+    pub next_run_at: Option<Millis>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success, with the handler's result.
+    Complete {
+        /// The result.
+        result: Value,
+    },
+    /// Failure; retried per policy unless `failure.retry` is false.
+    Fail {
+        /// Message kept in the job's `errors`.
+        error: String,
+        /// Retry wishes.
+        failure: Failure,
+    },
+    /// Put back to run again after `delay_ms`; the attempt is not counted.
+    /// A worker shutting down releases its jobs as a snooze of 0.
+    Snooze {
+        /// Delay.
+        delay_ms: i64,
+    },
+}
+
+/// A worker's report on one claimed job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The job.
+    pub id: JobId,
+    /// Its claim token.
+    pub token: String,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Leases to extend.
+#[derive(Clone, Debug)]
+pub struct JobHeartbeatParams {
+    /// `(id, token)` of each running job.
+    pub jobs: Vec<(JobId, String)>,
+    /// New lease length from now.
+    pub lease_ms: i64,
+}
+
+/// Answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The new lease end.
+    pub lease_expires_at: Millis,
+    /// An operator asked the job to stop.
+    pub cancel_requested: bool,
+}
+
+/// A checkpoint and/or progress write by a running job.
+#[derive(Clone, Debug)]
+pub struct JobSaveParams {
+    /// The job.
+    pub id: JobId,
+    /// Its claim token.
+    pub token: String,
+    /// New checkpoint, if any.
+    pub checkpoint: Option<Value>,
+    /// New progress, if any.
+    pub progress: Option<Value>,
+}
+
+/// A page request for [`crate::Store::job_list`].
+#[derive(Clone, Debug, Default)]
+pub struct JobListParams {
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only jobs with this tag.
+    pub tag: Option<String>,
+    /// Page size (capped at 1000; default 100).
+    pub limit: Option<usize>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// One page of jobs.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass back for the next page; null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Filter for a bulk redrive.
+#[derive(Clone, Debug, Default)]
+pub struct JobRetryManyParams {
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// `failed` (default) or `cancelled`.
+    pub state: Option<JobState>,
+    /// Finished at or after.
+    pub since: Option<Millis>,
+    /// Finished before.
+    pub until: Option<Millis>,
+    /// Last error contains this text.
+    pub error_contains: Option<String>,
+}
+
+/// What [`crate::Store::job_rescue`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RescueCounts {
+    /// Running jobs whose lease had expired.
+    pub expired: u64,
+    /// Scheduled jobs moved to queued.
+    pub promoted: u64,
+}
+
+/// A prune pass. Each finished job's deletion time was fixed when it
+/// finished, from its own `keep_result_ms` or the store's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct JobPruneParams {
+    /// Most rows deleted in this call, so a prune never holds the lock long.
+    pub batch: usize,
+}
+
+impl Default for JobPruneParams {
+    fn default() -> Self {
+        JobPruneParams { batch: 1000 }
+    }
+}
+
+/// A change to a queue's settings; `None` leaves a setting as it is, and
+/// `Some(None)` clears a limit.
+#[derive(Clone, Debug, Default)]
+pub struct QueueUpdateParams {
+    /// The queue.
+    pub name: QueueName,
+    /// Pause or resume.
+    pub paused: Option<bool>,
+    /// Running jobs across all workers.
+    pub concurrency: Option<Option<i32>>,
+    /// Claims per window.
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// Running jobs per group.
+    pub group_concurrency: Option<Option<i32>>,
+}
+
+/// A store notification, sent after the transaction that caused it commits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StoreEvent {
+    /// Jobs became claimable on this queue.
+    JobsAvailable(QueueName),
+    /// This job reached a terminal state (or `waiting` for children).
+    JobFinished(JobId),
+}

@@ -1,0 +1,74 @@
+//! Queue settings enforced by the store at claim time.
+
+use kyu_core::{JobState, RateLimit};
+use kyu_store::{QueueUpdateParams, Store};
+use serde_json::json;
+
+use crate::support::*;
+
+fn update(name: &str) -> QueueUpdateParams {
+    QueueUpdateParams { name: q(name), ..Default::default() }
+}
+
+pub async fn pause_and_resume<S: Store>(s: S) {
+    enqueue(&s, spec("q", "k")).await;
+    let info = s.queue_update(QueueUpdateParams { paused: Some(true), ..update("q") }).await.unwrap();
+    assert!(info.paused);
+    assert!(claim(&s, "q", 1).await.is_empty(), "paused queues hand out nothing");
+    enqueue(&s, spec("q", "k")).await;
+    let info = s.queue_update(QueueUpdateParams { paused: Some(false), ..update("q") }).await.unwrap();
+    assert!(!info.paused);
+    assert_eq!(claim(&s, "q", 10).await.len(), 2);
+}
+
+pub async fn concurrency_limit<S: Store>(s: S) {
+    for _ in 0..5 {
+        enqueue(&s, spec("q", "k")).await;
+    }
+    let info = s.queue_update(QueueUpdateParams { concurrency: Some(Some(2)), ..update("q") }).await.unwrap();
+    assert_eq!(info.concurrency, Some(2));
+    let first = claim(&s, "q", 10).await;
+    assert_eq!(first.len(), 2);
+    assert!(claim(&s, "q", 10).await.is_empty(), "two are running already");
+    complete(&s, &first[0], json!(null)).await.unwrap();
+    assert_eq!(claim(&s, "q", 10).await.len(), 1);
+    s.queue_update(QueueUpdateParams { concurrency: Some(None), ..update("q") }).await.unwrap();
+    assert_eq!(claim(&s, "q", 10).await.len(), 2);
+}
+
+pub async fn rate_limit<S: Store>(s: S) {
+    for _ in 0..10 {
+        enqueue(&s, spec("q", "k")).await;
+    }
+    let rl = RateLimit { max: 3, per_ms: 1_000 };
+    let info = s.queue_update(QueueUpdateParams { rate_limit: Some(Some(rl)), ..update("q") }).await.unwrap();
+    assert_eq!(info.rate_limit, Some(rl));
+    assert_eq!(claim(&s, "q", 2).await.len(), 2);
+    assert_eq!(claim(&s, "q", 10).await.len(), 1);
+    assert!(claim(&s, "q", 10).await.is_empty());
+    s.clock().advance(1_001);
+    assert_eq!(claim(&s, "q", 10).await.len(), 3);
+    // Bad settings are refused.
+    let bad = RateLimit { max: 0, per_ms: 1_000 };
+    assert!(s.queue_update(QueueUpdateParams { rate_limit: Some(Some(bad)), ..update("q") }).await.is_err());
+}
+
+pub async fn counts<S: Store>(s: S) {
+    for _ in 0..3 {
+        enqueue(&s, spec("c", "k")).await;
+    }
+    let mut sp = spec("c", "k");
+    sp.delay_ms = Some(60_000);
+    enqueue(&s, sp).await;
+    let j = claim_one(&s, "c").await;
+    complete(&s, &j, json!(null)).await.unwrap();
+    claim_one(&s, "c").await;
+    let queues = s.queue_list().await.unwrap();
+    let c = queues.iter().find(|x| x.name.as_str() == "c").expect("queue created on first use");
+    assert_eq!(c.counts["queued"], 1);
+    assert_eq!(c.counts["running"], 1);
+    assert_eq!(c.counts["completed"], 1);
+    assert_eq!(c.counts["scheduled"], 1);
+    assert_eq!(c.counts["failed"], 0);
+    assert_eq!(c.counts.len(), JobState::ALL.len());
+}
