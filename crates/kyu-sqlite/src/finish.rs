@@ -95,9 +95,7 @@ pub(crate) fn report(tx: &mut Tx<'_>, r: Report) -> Result<JobState, StoreError>
                 .db()?
                 .execute(params![h.seq, state.as_str(), run_at.to_rfc3339()])
                 .db()?;
-            if state == JobState::Queued {
-                tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
-            }
+            tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
     }
@@ -124,9 +122,7 @@ pub(crate) fn end_attempt(
                 .db()?
                 .execute(params![h.seq, state.as_str(), run_at.to_rfc3339(), tx.now_str, error])
                 .db()?;
-            if state == JobState::Queued {
-                tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
-            }
+            tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
         AfterFailure::Final(state) => {

@@ -147,7 +147,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
             .db()?;
     }
     match state {
-        JobState::Queued => tx.events.push(StoreEvent::JobsAvailable(job.queue)),
+        JobState::Queued | JobState::Scheduled => tx.events.push(StoreEvent::JobsAvailable(job.queue)),
         JobState::Failed => tx.events.push(StoreEvent::JobFinished(job.id.clone())),
         _ => {}
     }

@@ -196,7 +196,8 @@ pub struct QueueUpdateParams {
 /// A store notification, sent after the transaction that caused it commits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StoreEvent {
-    /// Jobs became claimable on this queue.
+    /// Jobs were put on this queue, claimable now or at a later `run_at`:
+    /// idle workers should claim, and learn the next `run_at` if nothing is due.
     JobsAvailable(QueueName),
     /// This job reached a terminal state (or `waiting` for children).
     JobFinished(JobId),

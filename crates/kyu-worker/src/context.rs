@@ -1,0 +1,167 @@
+//! What a handler knows about its job, and how it talks back.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kyu_core::{ClaimedJob, JobId};
+use kyu_store::{JobSaveParams, StoreError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::JobError;
+use crate::handler::BoxFuture;
+
+/// Saves checkpoints and progress through whichever store the worker has.
+pub(crate) type Saver = Arc<dyn Fn(JobSaveParams) -> BoxFuture<Result<(), StoreError>> + Send + Sync>;
+
+/// The key under which [`JobContext::step`] keeps finished steps' outputs
+/// inside an object checkpoint.
+pub const STEPS_KEY: &str = "steps";
+
+/// A running job's context: who it is, what earlier attempts and its
+/// dependencies left, a cancellation signal, and fenced writes back to the
+/// store. Cheap to clone.
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    job: ClaimedJob,
+    cancel: CancellationToken,
+    checkpoint: Mutex<Option<Value>>,
+    saver: Saver,
+}
+
+impl JobContext {
+    pub(crate) fn new(job: ClaimedJob, cancel: CancellationToken, saver: Saver) -> JobContext {
+        let checkpoint = Mutex::new(job.checkpoint.clone());
+        JobContext { inner: Arc::new(Inner { job, cancel, checkpoint, saver }) }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.inner.job.id
+    }
+
+    /// The job's kind.
+    pub fn kind(&self) -> &str {
+        &self.inner.job.kind
+    }
+
+    /// The job's queue.
+    pub fn queue(&self) -> &str {
+        self.inner.job.queue.as_str()
+    }
+
+    /// This run's number, from 1.
+    pub fn attempt(&self) -> i32 {
+        self.inner.job.attempt
+    }
+
+    /// Attempts allowed in all.
+    pub fn max_attempts(&self) -> i32 {
+        self.inner.job.max_attempts
+    }
+
+    /// The claim token fencing this attempt's writes.
+    pub fn token(&self) -> &str {
+        &self.inner.job.token
+    }
+
+    /// The checkpoint as last saved (by this attempt or an earlier one).
+    pub fn checkpoint(&self) -> Option<Value> {
+        self.inner.checkpoint.lock().expect("checkpoint lock").clone()
+    }
+
+    /// The checkpoint decoded as `T`, if there is one and it fits.
+    pub fn checkpoint_as<T: DeserializeOwned>(&self) -> Option<T> {
+        self.checkpoint().and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    /// Results of the jobs this one depends on, keyed by id.
+    pub fn dependency_results(&self) -> &BTreeMap<String, Value> {
+        &self.inner.job.dependency_results
+    }
+
+    /// Whether the job has been asked to stop (cancelled by an operator,
+    /// timed out, or the worker is shutting down past its grace period).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Resolves when the job is asked to stop; `select!` on it in long loops.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    /// Replaces the checkpoint, durably, fenced by this attempt's token: a
+    /// later attempt gets it back. Refused if this attempt lost its lease.
+    pub async fn save_checkpoint(&self, checkpoint: impl Serialize) -> Result<(), JobError> {
+        let value = serde_json::to_value(checkpoint).map_err(|e| JobError::fatal(format!("checkpoint is not JSON: {e}")))?;
+        self.write(Some(value.clone()), None).await?;
+        *self.inner.checkpoint.lock().expect("checkpoint lock") = Some(value);
+        Ok(())
+    }
+
+    /// Records progress for observers (`GET /v1/jobs/{id}` shows it).
+    pub async fn progress(&self, progress: impl Serialize) -> Result<(), JobError> {
+        let value = serde_json::to_value(progress).map_err(|e| JobError::fatal(format!("progress is not JSON: {e}")))?;
+        self.write(None, Some(value)).await
+    }
+
+    /// The error to return to snooze: `return Err(ctx.snooze(d))`. The job
+    /// runs again after `delay` with the same attempt number.
+    pub fn snooze(&self, delay: Duration) -> JobError {
+        JobError::snooze(delay)
+    }
+
+    /// Runs `body` once across all attempts. When it succeeds its output is
+    /// saved in the checkpoint (under `"steps"`, fenced by the token); on a
+    /// later attempt a finished step returns the saved output without running.
+    /// Steps are named, so their order may change between deploys.
+    pub async fn step<T, F>(&self, name: &str, body: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, JobError>>,
+    {
+        if let Some(saved) = self.saved_step(name) {
+            return serde_json::from_value(saved)
+                .map_err(|e| JobError::fatal(format!("saved output of step `{name}` does not fit its type: {e}")));
+        }
+        let out = body.await?;
+        let value = serde_json::to_value(&out).map_err(|e| JobError::fatal(format!("step `{name}` output is not JSON: {e}")))?;
+        let mut checkpoint = self.checkpoint().unwrap_or(Value::Null);
+        if !checkpoint.is_object() {
+            checkpoint = Value::Object(Map::new());
+        }
+        let steps = checkpoint
+            .as_object_mut()
+            .expect("object")
+            .entry(STEPS_KEY)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !steps.is_object() {
+            *steps = Value::Object(Map::new());
+        }
+        steps.as_object_mut().expect("object").insert(name.to_owned(), value);
+        self.save_checkpoint(checkpoint).await?;
+        Ok(out)
+    }
+
+    fn saved_step(&self, name: &str) -> Option<Value> {
+        let cp = self.inner.checkpoint.lock().expect("checkpoint lock");
+        cp.as_ref()?.get(STEPS_KEY)?.get(name).cloned()
+    }
+
+    async fn write(&self, checkpoint: Option<Value>, progress: Option<Value>) -> Result<(), JobError> {
+        let p = JobSaveParams { id: self.inner.job.id.clone(), token: self.inner.job.token.clone(), checkpoint, progress };
+        (self.inner.saver)(p).await.map_err(|e| match e {
+            StoreError::Conflict(m) | StoreError::NotFound(m) => JobError::fatal(format!("write refused: {m}")),
+            other => JobError::retry(format!("could not save: {other}")),
+        })
+    }
+}

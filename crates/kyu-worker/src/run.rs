@@ -1,0 +1,300 @@
+//! The worker's main loop: claim into free slots, run handlers, shut down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kyu_core::transition::Failure;
+use kyu_core::{ClaimedJob, JobId};
+use kyu_store::{JobClaimParams, Outcome, Report, Store, StoreEvent};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::context::{JobContext, Saver};
+use crate::error::{ErrorKind, JobError};
+use crate::worker::{Handlers, Worker, WorkerConfig};
+use crate::reporter;
+
+/// State shared by the claim loop, the handlers, the reporter and the heartbeater.
+pub(crate) struct Shared<S> {
+    pub store: S,
+    pub config: WorkerConfig,
+    handlers: Handlers,
+    /// Jobs claimed and not yet reported, by id: what heartbeats extend.
+    pub running: Mutex<HashMap<JobId, Running>>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Set when the shutdown grace period runs out: handlers are aborted and
+    /// their jobs released.
+    hard_stop: CancellationToken,
+}
+
+pub(crate) struct Running {
+    pub token: String,
+    /// The handler's cancel signal (operator cancel, lost lease, timeout).
+    pub cancel: CancellationToken,
+}
+
+impl<S: Store> Worker<S> {
+    /// Runs until `shutdown` is cancelled, then stops claiming, waits up to
+    /// the shutdown grace period for running handlers, releases the jobs of
+    /// those still running (so other workers take them at once, with the
+    /// attempt given back), flushes reports, and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store: self.store,
+            config: self.config,
+            handlers: Arc::new((self.handlers, self.fallback)),
+            running: Mutex::new(HashMap::new()),
+            reports: tx,
+            hard_stop: CancellationToken::new(),
+        });
+        let background = CancellationToken::new();
+        let reporter = tokio::spawn(reporter::report_loop(shared.clone(), rx, background.clone()));
+        let heartbeater = tokio::spawn(reporter::heartbeat_loop(shared.clone(), background.clone()));
+        let tracker = TaskTracker::new();
+        let maintenance = shared
+            .config
+            .maintenance
+            .map(|m| tokio::spawn(crate::run_maintenance(shared.store.clone(), m, background.clone())));
+
+        claim_loop(&shared, &tracker, &shutdown).await;
+
+        tracker.close();
+        let grace = shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(running = tracker.len(), "shutdown grace period over; releasing running jobs");
+            shared.hard_stop.cancel();
+            tracker.wait().await;
+        }
+        background.cancel();
+        let _ = reporter.await;
+        let _ = heartbeater.await;
+        if let Some(m) = maintenance {
+            let _ = m.await;
+        }
+    }
+}
+
+async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    let cfg = &shared.config;
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut events = shared.store.subscribe();
+    let mut error_pause = Duration::from_millis(50);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
+        };
+        let mut permits = vec![first];
+        while permits.len() < cfg.batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let asked = permits.len();
+        let params = JobClaimParams {
+            queues: cfg.queues.clone(),
+            worker: cfg.name.clone(),
+            max: asked,
+            lease_ms: cfg.lease.as_millis() as i64,
+        };
+        let claimed = match shared.store.job_claim(params).await {
+            Ok(c) => {
+                error_pause = Duration::from_millis(50);
+                c
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; retrying in {error_pause:?}");
+                drop(permits);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(error_pause) => {}
+                }
+                error_pause = (error_pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let got = claimed.jobs.len();
+        for job in claimed.jobs {
+            let permit = permits.pop().expect("never more jobs than permits");
+            let cancel = CancellationToken::new();
+            shared
+                .running
+                .lock()
+                .expect("running map")
+                .insert(job.id.clone(), Running { token: job.token.clone(), cancel: cancel.clone() });
+            tracker.spawn(run_job(shared.clone(), job, cancel, permit));
+        }
+        drop(permits);
+        if got == asked {
+            continue;
+        }
+        // Fewer jobs than free slots: wait for news. Events that arrived
+        // during the claim count, so none is missed between claim and wait.
+        if drain_relevant(&mut events, &cfg.queues) {
+            continue;
+        }
+        let mut wait = cfg.poll_interval;
+        if let Some(at) = claimed.next_run_at {
+            let until = (at.0 - shared.store.clock().now().0).max(0) as u64;
+            wait = wait.min(Duration::from_millis(until));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = next_relevant(&mut events, &cfg.queues) => {}
+        }
+    }
+}
+
+fn relevant(ev: &StoreEvent, queues: &[kyu_core::QueueName]) -> bool {
+    matches!(ev, StoreEvent::JobsAvailable(q) if queues.contains(q))
+}
+
+/// Whether an event for our queues is already waiting (a lagged receiver
+/// counts: something was missed, so look).
+fn drain_relevant(events: &mut broadcast::Receiver<StoreEvent>, queues: &[kyu_core::QueueName]) -> bool {
+    let mut found = false;
+    loop {
+        match events.try_recv() {
+            Ok(ev) => found |= relevant(&ev, queues),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => found = true,
+            Err(_) => return found,
+        }
+    }
+}
+
+async fn next_relevant(events: &mut broadcast::Receiver<StoreEvent>, queues: &[kyu_core::QueueName]) {
+    loop {
+        match events.recv().await {
+            Ok(ev) if relevant(&ev, queues) => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The store is gone; only the poll timer is left.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: CancellationToken, permit: OwnedSemaphorePermit) {
+    let id = job.id.clone();
+    let token = job.token.clone();
+    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let handler = shared.handlers.0.get(&job.kind).or(shared.handlers.1.as_ref()).cloned();
+    let outcome = match handler {
+        None => Outcome::Fail {
+            error: format!("no handler for kind `{}` on worker {}", job.kind, shared.config.name),
+            failure: Failure { retry: true, retry_in_ms: None },
+        },
+        Some(handler) => {
+            let payload = std::mem::take(&mut job.payload);
+            let ctx = JobContext::new(job, cancel.clone(), saver(&shared.store));
+            let task = tokio::spawn(handler(payload, ctx));
+            supervise(task, timeout, &cancel, &shared.hard_stop, shared.config.abort_grace).await
+        }
+    };
+    // The reporter removes the job from `running` once the report is applied,
+    // so heartbeats keep its lease alive until then.
+    let _ = shared.reports.send(Report { id, token, outcome });
+    drop(permit);
+}
+
+/// Waits for a handler, enforcing its timeout, an operator's cancel and the
+/// worker's hard stop, and turns how it ended into a report.
+async fn supervise(
+    mut task: JoinHandle<Result<Value, JobError>>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    hard_stop: &CancellationToken,
+    grace: Duration,
+) -> Outcome {
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    enum Stop {
+        Timeout,
+        Cancelled,
+        Shutdown,
+    }
+    let stop = tokio::select! {
+        r = &mut task => return outcome_of(r),
+        _ = deadline => Stop::Timeout,
+        _ = cancel.cancelled() => Stop::Cancelled,
+        _ = hard_stop.cancelled() => Stop::Shutdown,
+    };
+    cancel.cancel();
+    let fail = |error: &str| Outcome::Fail { error: error.into(), failure: Failure { retry: true, retry_in_ms: None } };
+    match stop {
+        Stop::Shutdown => {
+            task.abort();
+            Outcome::Snooze { delay_ms: 0 }
+        }
+        Stop::Timeout => {
+            tokio::select! {
+                _ = &mut task => {}
+                _ = tokio::time::sleep(grace) => task.abort(),
+                _ = hard_stop.cancelled() => task.abort(),
+            }
+            fail("timeout")
+        }
+        // Asked to stop: a result that still arrives is accepted (the work
+        // happened); a failure ends the job cancelled (the store sees the
+        // request); silence past the grace period is aborted.
+        Stop::Cancelled => tokio::select! {
+            r = &mut task => outcome_of(r),
+            _ = tokio::time::sleep(grace) => {
+                task.abort();
+                fail("cancelled")
+            }
+            _ = hard_stop.cancelled() => {
+                task.abort();
+                Outcome::Snooze { delay_ms: 0 }
+            }
+        },
+    }
+}
+
+fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Outcome {
+    match r {
+        Ok(Ok(result)) => Outcome::Complete { result },
+        Ok(Err(e)) => match e.kind {
+            ErrorKind::Retry { after } => Outcome::Fail {
+                error: e.message,
+                failure: Failure { retry: true, retry_in_ms: after.map(|d| d.as_millis() as i64) },
+            },
+            ErrorKind::Fatal => Outcome::Fail { error: e.message, failure: Failure { retry: false, retry_in_ms: None } },
+            ErrorKind::Snooze(d) => Outcome::Snooze { delay_ms: d.as_millis() as i64 },
+        },
+        Err(join) => {
+            let error = if join.is_panic() {
+                let p = join.into_panic();
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                format!("handler panicked: {msg}")
+            } else {
+                "handler aborted".into()
+            };
+            Outcome::Fail { error, failure: Failure { retry: true, retry_in_ms: None } }
+        }
+    }
+}
+
+fn saver<S: Store>(store: &S) -> Saver {
+    let store = store.clone();
+    Arc::new(move |p| {
+        let store = store.clone();
+        Box::pin(async move { store.job_save(p).await })
+    })
+}

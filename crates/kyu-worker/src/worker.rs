@@ -1,0 +1,194 @@
+//! Worker configuration and construction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kyu_core::QueueName;
+use kyu_store::Store;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::handler::{ErasedHandler, erase};
+use crate::{JobContext, JobError};
+
+/// How a worker runs. The defaults suit one machine.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Queues to take jobs from, first listed first.
+    pub queues: Vec<QueueName>,
+    /// Name recorded on claimed jobs (default: host name and process id).
+    pub name: String,
+    /// Most handlers running at once.
+    pub concurrency: usize,
+    /// Most jobs claimed in one call.
+    pub batch: usize,
+    /// Lease per claim; heartbeats extend it every `lease / 3`.
+    pub lease: Duration,
+    /// How often an idle worker looks for jobs when no event woke it. Events
+    /// come only from this process on SQLite, so this bounds how soon jobs
+    /// enqueued by other processes start.
+    pub poll_interval: Duration,
+    /// On shutdown, how long to wait for running handlers before releasing them.
+    pub shutdown_grace: Duration,
+    /// After a timeout or cancel signal, how long a handler has to stop before it is aborted.
+    pub abort_grace: Duration,
+    /// Also run lease rescue and pruning in this process (see
+    /// [`crate::run_maintenance`]); on by default, since any live node may.
+    pub maintenance: Option<crate::MaintenanceConfig>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: Vec::new(),
+            name: default_name(),
+            concurrency: 10,
+            batch: 10,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(30),
+            abort_grace: Duration::from_secs(5),
+            maintenance: Some(crate::MaintenanceConfig::default()),
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kyu".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A configured worker; [`Worker::run`] runs it until told to stop.
+pub struct Worker<S: Store> {
+    pub(crate) store: S,
+    pub(crate) config: WorkerConfig,
+    pub(crate) handlers: HashMap<String, ErasedHandler>,
+    pub(crate) fallback: Option<ErasedHandler>,
+}
+
+impl<S: Store> Worker<S> {
+    /// Starts building a worker on `store`.
+    pub fn builder(store: S) -> WorkerBuilder<S> {
+        WorkerBuilder { store, config: WorkerConfig::default(), handlers: HashMap::new(), fallback: None }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder<S: Store> {
+    store: S,
+    config: WorkerConfig,
+    handlers: HashMap<String, ErasedHandler>,
+    fallback: Option<ErasedHandler>,
+}
+
+impl<S: Store> WorkerBuilder<S> {
+    /// Adds a queue to take jobs from (`"default"` if none is added).
+    pub fn queue(mut self, name: &str) -> Self {
+        self.config.queues.push(QueueName::new(name).unwrap_or_else(|e| panic!("{e}")));
+        self
+    }
+
+    /// Replaces the whole configuration (queues included).
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Most handlers running at once (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Most jobs per claim (at least 1).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.config.batch = n.max(1);
+        self
+    }
+
+    /// Lease per claim.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.config.lease = d;
+        self
+    }
+
+    /// Idle polling interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.config.poll_interval = d;
+        self
+    }
+
+    /// Shutdown grace period.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown_grace = d;
+        self
+    }
+
+    /// How long a handler has to stop after a timeout or cancel signal before it is aborted.
+    pub fn abort_grace(mut self, d: Duration) -> Self {
+        self.config.abort_grace = d;
+        self
+    }
+
+    /// Turns this process's lease rescue and pruning on (`Some`) or off.
+    pub fn maintenance(mut self, m: Option<crate::MaintenanceConfig>) -> Self {
+        self.config.maintenance = m;
+        self
+    }
+
+    /// Worker name shown on its jobs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Registers the handler for jobs of `kind`: it gets the payload
+    /// deserialised as `T` and returns a serialisable result or a [`JobError`].
+    pub fn handle<T, R, F, Fut>(mut self, kind: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, JobError>> + Send + 'static,
+    {
+        self.handlers.insert(kind.to_owned(), erase(f));
+        self
+    }
+
+    /// Registers a handler for every kind without its own (`kyu work -- CMD`
+    /// uses this). Without one, a job of an unknown kind fails and is retried
+    /// per policy, in case another worker knows the kind.
+    pub fn fallback<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Value, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
+    {
+        self.fallback = Some(erase(f));
+        self
+    }
+
+    /// The worker.
+    pub fn build(mut self) -> Worker<S> {
+        if self.config.queues.is_empty() {
+            self.config.queues.push(QueueName::default());
+        }
+        self.config.concurrency = self.config.concurrency.max(1);
+        self.config.batch = self.config.batch.clamp(1, self.config.concurrency);
+        Worker { store: self.store, config: self.config, handlers: self.handlers, fallback: self.fallback }
+    }
+}
+
+pub(crate) type Handlers = Arc<(HashMap<String, ErasedHandler>, Option<ErasedHandler>)>;
