@@ -1,1 +1,6 @@
+//! The `kyu` binary end to end: real processes on a real SQLite file.
 
+mod support;
+
+mod cli;
+mod work;

@@ -137,6 +137,13 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// `GET /v1/queues`' answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueList {
+    /// Every known queue, by name.
+    pub queues: Vec<kyu_core::QueueInfo>,
+}
+
 /// Filter for a bulk redrive.
 #[derive(Clone, Debug, Default)]
 pub struct JobRetryManyParams {

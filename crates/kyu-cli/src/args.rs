@@ -1,0 +1,217 @@
+//! Command-line arguments.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// kyu: a durable job queue.
+#[derive(Debug, Parser)]
+#[command(name = "kyu", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Database: a SQLite file path or a postgres:// URL.
+    #[arg(long, global = true, env = "KYU_DATABASE_URL", default_value = "./kyu.db")]
+    pub database: String,
+
+    /// Print exactly the JSON the HTTP API returns for the same call.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enqueue a job.
+    Enqueue(EnqueueArgs),
+    /// Show a job.
+    Status {
+        /// Job id.
+        id: String,
+    },
+    /// Print a job's result, optionally waiting for it to finish.
+    Result {
+        /// Job id.
+        id: String,
+        /// Wait until the job is finished (at most this long, e.g. 30s; forever if no value).
+        #[arg(long, num_args = 0..=1, default_missing_value = "forever", value_name = "DURATION")]
+        wait: Option<String>,
+    },
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// List queues with their settings and job counts.
+    Queues,
+    /// Cancel a job (a running one is asked to stop).
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+    /// Retry a failed or cancelled job.
+    Retry {
+        /// Job id.
+        id: String,
+    },
+    /// Delete a job that is not running.
+    Delete {
+        /// Job id.
+        id: String,
+    },
+    /// Pause a queue: claims return nothing until it is resumed.
+    Pause {
+        /// Queue name.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// Queue name.
+        queue: String,
+    },
+    /// Run a command once per job: payload on stdin, result from stdout.
+    Work(WorkArgs),
+}
+
+impl Command {
+    /// Commands that run until stopped log at info level by default.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Work(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Queue name.
+    pub queue: String,
+    /// Job kind (which handler runs it).
+    pub kind: String,
+    /// Payload as JSON; `-` reads it from stdin. Default: null.
+    pub payload: Option<String>,
+    /// Job id (default: a generated time-ordered id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Run no sooner than this from now (e.g. 500ms, 10s, 5m, 2h; a bare number is milliseconds).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub delay: Option<Duration>,
+    /// Run no sooner than this time (RFC 3339).
+    #[arg(long, conflicts_with = "delay", value_name = "TIME")]
+    pub run_at: Option<String>,
+    /// Higher runs first (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Attempts before the job fails for good (default 5).
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    /// Per-attempt time limit.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Deduplication key.
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    /// How long the unique key stays taken after enqueue.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "unique_key")]
+    pub unique_for: Option<Duration>,
+    /// Wait for this job to complete first (repeatable).
+    #[arg(long = "depends-on", value_name = "ID")]
+    pub depends_on: Vec<String>,
+    /// Run even if a dependency fails.
+    #[arg(long)]
+    pub continue_on_failure: bool,
+    /// Label (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Fairness key (tenant, customer).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// How long to keep the job once completed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_result: Option<Duration>,
+    /// Retry backoff: `exponential:BASE:MAX` or `fixed:DELAY` (durations).
+    #[arg(long, value_name = "SPEC")]
+    pub backoff: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs on this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only jobs with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Page size (1-1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue from a previous page's cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Queue to take jobs from (repeatable; first listed first). Default: default.
+    #[arg(long = "queue", short = 'q')]
+    pub queues: Vec<String>,
+    /// Commands running at once (default: the number of CPUs).
+    #[arg(long, short = 'c')]
+    pub concurrency: Option<usize>,
+    /// Most jobs claimed at a time (default: the concurrency).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Lease per claim; heartbeats renew it every third of it.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub lease: Duration,
+    /// How often to look for jobs from other processes when idle.
+    #[arg(long, value_parser = parse_duration, default_value = "200ms", value_name = "DURATION")]
+    pub poll: Duration,
+    /// On Ctrl-C or SIGTERM, how long to let running commands finish before releasing their jobs.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub grace: Duration,
+    /// Worker name shown on jobs (default: host-pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop after this many jobs have finished (for scripts and tests).
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<u64>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `500ms`, `10s`, `5m`, `2h`, `1d`; a bare number is milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 5m, 2h)"))?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        "h" => n * 3_600e3,
+        "d" => n * 86_400e3,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+    };
+    if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! One module per group of commands; each is generic over the store, so the
+//! same code runs on SQLite, PostgreSQL or a remote server.
+
+mod admin;
+mod enqueue;
+mod inspect;
+mod work;
+
+use std::process::ExitCode;
+
+use kyu_core::{JobId, QueueName};
+use kyu_store::Store;
+
+use crate::args::{Cli, Command};
+use crate::error::CliError;
+
+/// Opens the store the arguments name and runs the command on it.
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    let db = cli.database.clone();
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        return Err(CliError::Usage("PostgreSQL support is not built into this kyu yet".into()));
+    }
+    let store = kyu_sqlite::SqliteStore::open(&db, kyu_sqlite::SqliteOptions::default())
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
+    run(store, cli).await
+}
+
+async fn run<S: Store>(store: S, cli: Cli) -> Result<ExitCode, CliError> {
+    let json = cli.json;
+    match cli.command {
+        Command::Enqueue(a) => enqueue::enqueue(&store, a, json).await,
+        Command::Status { id } => inspect::status(&store, &job_id(&id)?, json).await,
+        Command::Result { id, wait } => inspect::result(&store, &job_id(&id)?, wait, json).await,
+        Command::Jobs(a) => inspect::jobs(&store, a, json).await,
+        Command::Queues => inspect::queues(&store, json).await,
+        Command::Cancel { id } => admin::cancel(&store, &job_id(&id)?, json).await,
+        Command::Retry { id } => admin::retry(&store, &job_id(&id)?, json).await,
+        Command::Delete { id } => admin::delete(&store, &job_id(&id)?).await,
+        Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
+        Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
+        Command::Work(a) => work::work(store, a).await,
+    }
+}
+
+fn job_id(s: &str) -> Result<JobId, CliError> {
+    JobId::new(s).map_err(CliError::Usage)
+}
+
+fn queue_name(s: &str) -> Result<QueueName, CliError> {
+    QueueName::new(s).map_err(CliError::Usage)
+}
