@@ -8,9 +8,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "kyu", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Database: a SQLite file path or a postgres:// URL.
-    #[arg(long, global = true, env = "KYU_DATABASE_URL", default_value = "./kyu.db")]
-    pub database: String,
+    /// Database: a SQLite file path or a postgres:// URL [default: ./kyu.db].
+    #[arg(long, global = true, env = "KYU_DATABASE_URL")]
+    pub database: Option<String>,
 
     /// Print exactly the JSON the HTTP API returns for the same call.
     #[arg(long, global = true)]
@@ -68,12 +68,14 @@ pub enum Command {
     },
     /// Run a command once per job: payload on stdin, result from stdout.
     Work(WorkArgs),
+    /// Measure kyu on this machine: the BENCHMARKS.md workloads against the raw-SQL ceiling.
+    Bench(BenchArgs),
 }
 
 impl Command {
     /// Commands that run until stopped log at info level by default.
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Work(_))
+        matches!(self, Command::Work(_) | Command::Bench(_))
     }
 }
 
@@ -180,6 +182,31 @@ pub struct WorkArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5.
+    #[arg(long, default_value = "w1,w2,w3,w5", value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Runs of each workload; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// W1 jobs.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// W2 jobs.
+    #[arg(long, default_value_t = 2_000)]
+    pub single_jobs: usize,
+    /// W3 jobs.
+    #[arg(long, default_value_t = 500)]
+    pub latency_jobs: usize,
+    /// W4 finished jobs kept in the store.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub retained: usize,
+    /// W5 children.
+    #[arg(long, default_value_t = 10_000)]
+    pub children: usize,
 }
 
 /// `500ms`, `10s`, `5m`, `2h`, `1d`; a bare number is milliseconds.

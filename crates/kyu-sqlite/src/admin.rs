@@ -127,9 +127,9 @@ fn remove(tx: &Tx<'_>, seq: i64) -> Result<(), StoreError> {
 pub(crate) fn prune(tx: &mut Tx<'_>, batch: usize) -> Result<u64, StoreError> {
     let seqs: Vec<i64> = tx
         .conn
-        .prepare_cached("SELECT seq FROM kyu_jobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2")
+        .prepare_cached(&format!("SELECT seq FROM kyu_jobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT {batch}"))
         .db()?
-        .query_map(params![tx.now_str, batch as i64], |r| r.get(0))
+        .query_map(params![tx.now_str], |r| r.get(0))
         .db()?
         .collect::<Result<_, _>>()
         .db()?;

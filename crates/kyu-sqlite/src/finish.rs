@@ -20,9 +20,10 @@ pub(crate) struct Held {
     pub backoff: Backoff,
     pub cancel_requested: bool,
     pub keep_result_ms: Option<i64>,
+    pub has_dependents: bool,
 }
 
-const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_result_ms";
+const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_result_ms, has_dependents";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -34,6 +35,7 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         backoff: r.get::<_, Json<Backoff>>(5)?.0,
         cancel_requested: r.get(6)?,
         keep_result_ms: r.get(7)?,
+        has_dependents: r.get(8)?,
     })
 }
 
@@ -44,7 +46,7 @@ pub(crate) fn held(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Held, StoreEr
         .conn
         .prepare_cached(&sql)
         .db()?
-        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(8)?.0, r.get::<_, Option<String>>(9)?)))
+        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(9)?.0, r.get::<_, Option<String>>(10)?)))
         .optional()
         .db()?;
     let (held, state, current) = row.ok_or_else(|| StoreError::job_not_found(id))?;
@@ -73,7 +75,9 @@ pub(crate) fn report(tx: &mut Tx<'_>, r: Report) -> Result<JobState, StoreError>
                 .db()?
                 .execute(params![h.seq, result, tx.now_str, tx.now.plus_ms(keep).to_rfc3339()])
                 .db()?;
-            release_dependents(tx, h.seq, false)?;
+            if h.has_dependents {
+                release_dependents(tx, h.seq, false)?;
+            }
             tx.events.push(StoreEvent::JobFinished(h.id));
             Ok(JobState::Completed)
         }
@@ -137,7 +141,9 @@ pub(crate) fn end_attempt(
                 .execute(params![h.seq, state.as_str(), tx.now_str, failed_expiry(tx), error])
                 .db()?;
             tx.events.push(StoreEvent::JobFinished(h.id.clone()));
-            fail_dependents(tx, h.seq, &h.id)?;
+            if h.has_dependents {
+                fail_dependents(tx, h.seq, &h.id)?;
+            }
             Ok(state)
         }
     }

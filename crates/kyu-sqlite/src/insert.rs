@@ -145,6 +145,11 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
             .db()?
             .execute(params![dep_seq, seq])
             .db()?;
+        tx.conn
+            .prepare_cached("UPDATE kyu_jobs SET has_dependents = 1 WHERE seq = ?1 AND has_dependents = 0")
+            .db()?
+            .execute([dep_seq])
+            .db()?;
     }
     match state {
         JobState::Queued | JobState::Scheduled => tx.events.push(StoreEvent::JobsAvailable(job.queue)),

@@ -116,6 +116,12 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// `(transactions, operations)` the writer has run: their ratio is how
+    /// many operations group commit folds into each transaction (and fsync).
+    pub fn writer_stats(&self) -> (u64, u64) {
+        self.inner.writer.stats()
+    }
+
     /// Runs a read on a pooled read-only connection, off the async runtime.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -178,6 +184,25 @@ impl Store for SqliteStore {
         // One operation for the whole batch, so it shares one savepoint; each
         // report still fails alone because a refused report writes nothing.
         self.inner.writer.write(move |tx| Ok(reports.into_iter().map(|r| finish::report(tx, r)).collect())).await
+    }
+
+    async fn job_report_and_claim(
+        &self,
+        reports: Vec<Report>,
+        claim: JobClaimParams,
+    ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
+        self.inner
+            .writer
+            .write(move |tx| {
+                let reported: Vec<_> = reports.into_iter().map(|r| finish::report(tx, r)).collect();
+                let claimed = if claim.max == 0 || claim.queues.is_empty() {
+                    ClaimResult::default()
+                } else {
+                    claim::claim(tx, claim)?
+                };
+                Ok((reported, claimed))
+            })
+            .await
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {

@@ -9,6 +9,8 @@
 //! then answers each caller and publishes their events. A caller is never
 //! told "done" before its change is on disk.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use kyu_core::Millis;
@@ -74,16 +76,31 @@ where
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Box<dyn WriteOp>>,
+    stats: Arc<Stats>,
+}
+
+/// How well group commit is doing: operations per transaction.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub transactions: AtomicU64,
+    pub operations: AtomicU64,
 }
 
 impl Writer {
     pub fn start(conn: Connection, opts: SqliteOptions, events: broadcast::Sender<StoreEvent>) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let counters = stats.clone();
         thread::Builder::new()
             .name("kyu-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, opts, rx, events))
+            .spawn(move || writer_loop(conn, opts, rx, events, &counters))
             .expect("spawn the SQLite writer thread");
-        Writer { tx }
+        Writer { tx, stats }
+    }
+
+    /// `(transactions, operations)` since start.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.stats.transactions.load(Ordering::Relaxed), self.stats.operations.load(Ordering::Relaxed))
     }
 
     /// Runs `f` in a transaction on the writer thread, shared with whatever
@@ -105,6 +122,7 @@ fn writer_loop(
     opts: SqliteOptions,
     mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
     events: broadcast::Sender<StoreEvent>,
+    stats: &Stats,
 ) {
     let mut group: Vec<Box<dyn WriteOp>> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
@@ -115,6 +133,8 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.operations.fetch_add(group.len() as u64, Ordering::Relaxed);
         let mut published = Vec::new();
         let commit = run_group(&conn, &opts, &mut group, &mut published);
         for op in group.drain(..) {
@@ -126,6 +146,12 @@ fn writer_loop(
     }
 }
 
+/// Runs a transaction-control statement through the statement cache:
+/// `execute_batch` would parse it again on every transaction.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Runs a group in one transaction. `Err` carries the reason every operation
 /// in the group is lost (the transaction could not start or commit).
 fn run_group(
@@ -134,14 +160,14 @@ fn run_group(
     group: &mut [Box<dyn WriteOp>],
     published: &mut Vec<StoreEvent>,
 ) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
+    control(conn, "BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
     let now = opts.clock.now();
     let single = group.len() == 1;
     for op in group.iter_mut() {
         let mut tx = Tx { conn, now, now_str: now.to_rfc3339(), events: Vec::new(), opts };
         // A lone operation needs no savepoint: on failure the whole
         // transaction is rolled back below, which is the same thing.
-        if !single && let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        if !single && let Err(e) = control(conn, "SAVEPOINT op") {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(map_err(e).to_string());
         }
@@ -152,8 +178,8 @@ fn run_group(
                 return Ok(());
             }
         } else {
-            let sql = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-            if let Err(e) = conn.execute_batch(sql) {
+            let done = if ok { control(conn, "RELEASE op") } else { control(conn, "ROLLBACK TO op").and_then(|_| control(conn, "RELEASE op")) };
+            if let Err(e) = done {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Err(map_err(e).to_string());
             }
@@ -162,7 +188,7 @@ fn run_group(
             published.append(&mut tx.events);
         }
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    if let Err(e) = control(conn, "COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
         published.clear();
         return Err(map_err(e).to_string());

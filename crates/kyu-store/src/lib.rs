@@ -49,6 +49,21 @@ pub trait Store: Clone + Send + Sync + 'static {
         reports: Vec<Report>,
     ) -> impl Future<Output = Result<Vec<Result<JobState, StoreError>>, StoreError>> + Send;
 
+    /// Applies `reports`, then claims: what a worker with finished jobs and
+    /// free slots does in one call, so one transaction (SQLite) or one round
+    /// trip (PostgreSQL) carries both. The default does them one after the other.
+    fn job_report_and_claim(
+        &self,
+        reports: Vec<Report>,
+        claim: JobClaimParams,
+    ) -> impl Future<Output = Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError>> + Send {
+        async move {
+            let reported = if reports.is_empty() { Vec::new() } else { self.job_report_many(reports).await? };
+            let claimed = self.job_claim(claim).await?;
+            Ok((reported, claimed))
+        }
+    }
+
     /// Extends the leases of running jobs and tells each whether it was asked to stop.
     fn job_heartbeat_many(
         &self,

@@ -1,58 +1,81 @@
 //! Reports and heartbeats go to the store in batches: many handlers
 //! finishing at once cost one store call, not one each.
+//!
+//! Finished jobs' reports wait in a shared buffer. When the claim loop has
+//! free slots it takes them all and sends them with its claim, one store
+//! call (one transaction on SQLite) for both; measured on W1, this halved
+//! the transactions per job. When no claim comes soon (slots busy with long
+//! jobs) the reporter sends them on its own after a short linger.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kyu_core::JobId;
-use kyu_store::{JobHeartbeatParams, Report, Store};
-use tokio::sync::mpsc;
+use kyu_store::{JobHeartbeatParams, JobState, Report, Store, StoreError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::Shared;
 
-/// Most reports per store call.
-const MAX_BATCH: usize = 1000;
+/// How long the reporter leaves reports for the claim loop to carry.
+const LINGER: Duration = Duration::from_millis(2);
 /// Attempts at a batch the store could not take (busy, unreachable) before
 /// leaving those jobs to lease expiry, which retries them.
 const MAX_TRIES: u32 = 12;
 
-pub(crate) async fn report_loop<S: Store>(
-    shared: Arc<Shared<S>>,
-    mut rx: mpsc::UnboundedReceiver<Report>,
-    done: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(64);
+/// Reports waiting to be sent.
+#[derive(Default)]
+pub(crate) struct Reports {
+    buf: Mutex<Vec<Report>>,
+    ready: Notify,
+}
+
+impl Reports {
+    pub fn push(&self, r: Report) {
+        self.buf.lock().expect("report buffer").push(r);
+        self.ready.notify_one();
+    }
+
+    pub fn take(&self) -> Vec<Report> {
+        std::mem::take(&mut *self.buf.lock().expect("report buffer"))
+    }
+
+    /// Returns reports whose sending failed, so the reporter tries again.
+    pub fn put_back(&self, mut reports: Vec<Report>) {
+        let mut buf = self.buf.lock().expect("report buffer");
+        reports.append(&mut buf);
+        *buf = reports;
+        drop(buf);
+        self.ready.notify_one();
+    }
+}
+
+pub(crate) async fn report_loop<S: Store>(shared: Arc<Shared<S>>, done: CancellationToken) {
     loop {
-        let first = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => return },
-            // Every handler has finished by now: drain what is left, then stop.
-            _ = done.cancelled() => match rx.try_recv() { Ok(r) => r, Err(_) => return },
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        tokio::select! {
+            _ = shared.reports.ready.notified() => {}
+            // Every handler has finished by now: flush what is left, then stop.
+            _ = done.cancelled() => {
+                let last = shared.reports.take();
+                if !last.is_empty() {
+                    send(&shared, last).await;
+                }
+                return;
             }
         }
-        send(&shared, std::mem::take(&mut batch)).await;
+        tokio::time::sleep(LINGER).await;
+        let batch = shared.reports.take();
+        if !batch.is_empty() {
+            send(&shared, batch).await;
+        }
     }
 }
 
 async fn send<S: Store>(shared: &Shared<S>, batch: Vec<Report>) {
-    let keys: Vec<(JobId, String)> = batch.iter().map(|r| (r.id.clone(), r.token.clone())).collect();
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=MAX_TRIES {
         match shared.store.job_report_many(batch.clone()).await {
-            Ok(results) => {
-                for ((id, _), r) in keys.iter().zip(results) {
-                    if let Err(e) = r {
-                        tracing::warn!(job = %id, error = %e, "report refused");
-                    }
-                }
-                break;
-            }
+            Ok(results) => return settle(shared, &batch, results),
             Err(e) if attempt < MAX_TRIES => {
                 tracing::warn!(error = %e, jobs = batch.len(), "report failed; retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
@@ -60,13 +83,24 @@ async fn send<S: Store>(shared: &Shared<S>, batch: Vec<Report>) {
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "giving up on reports; lease expiry will retry these jobs");
+                let nothing: Vec<Result<JobState, StoreError>> = Vec::new();
+                settle(shared, &batch, nothing);
             }
         }
     }
+}
+
+/// Logs refused reports and forgets the reported jobs, so heartbeats stop.
+pub(crate) fn settle<S: Store>(shared: &Shared<S>, batch: &[Report], results: Vec<Result<JobState, StoreError>>) {
+    for (r, res) in batch.iter().zip(results) {
+        if let Err(e) = res {
+            tracing::warn!(job = %r.id, error = %e, "report refused");
+        }
+    }
     let mut running = shared.running.lock().expect("running map");
-    for (id, token) in keys {
-        if running.get(&id).is_some_and(|r| r.token == token) {
-            running.remove(&id);
+    for r in batch {
+        if running.get(&r.id).is_some_and(|e| e.token == r.token) {
+            running.remove(&r.id);
         }
     }
 }

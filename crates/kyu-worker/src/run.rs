@@ -8,7 +8,7 @@ use kyu_core::transition::Failure;
 use kyu_core::{ClaimedJob, JobId};
 use kyu_store::{JobClaimParams, Outcome, Report, Store, StoreEvent};
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +25,8 @@ pub(crate) struct Shared<S> {
     handlers: Handlers,
     /// Jobs claimed and not yet reported, by id: what heartbeats extend.
     pub running: Mutex<HashMap<JobId, Running>>,
-    reports: mpsc::UnboundedSender<Report>,
+    /// Finished jobs' reports, until the claim loop or the reporter sends them.
+    pub reports: reporter::Reports,
     /// Set when the shutdown grace period runs out: handlers are aborted and
     /// their jobs released.
     hard_stop: CancellationToken,
@@ -43,17 +44,16 @@ impl<S: Store> Worker<S> {
     /// those still running (so other workers take them at once, with the
     /// attempt given back), flushes reports, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: self.store,
             config: self.config,
             handlers: Arc::new((self.handlers, self.fallback)),
             running: Mutex::new(HashMap::new()),
-            reports: tx,
+            reports: reporter::Reports::default(),
             hard_stop: CancellationToken::new(),
         });
         let background = CancellationToken::new();
-        let reporter = tokio::spawn(reporter::report_loop(shared.clone(), rx, background.clone()));
+        let reporter = tokio::spawn(reporter::report_loop(shared.clone(), background.clone()));
         let heartbeater = tokio::spawn(reporter::heartbeat_loop(shared.clone(), background.clone()));
         let tracker = TaskTracker::new();
         let maintenance = shared
@@ -91,6 +91,12 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
             p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
         };
         let mut permits = vec![first];
+        // Handlers that finish together free their slots a few microseconds
+        // apart; one yield lets them all land, so this claim (and the reports
+        // it carries) covers a batch rather than one job at a time.
+        if slots.available_permits() + 1 < cfg.batch {
+            tokio::task::yield_now().await;
+        }
         while permits.len() < cfg.batch {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
@@ -104,13 +110,17 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
             max: asked,
             lease_ms: cfg.lease.as_millis() as i64,
         };
-        let claimed = match shared.store.job_claim(params).await {
-            Ok(c) => {
+        // Finished jobs' reports ride along with the claim.
+        let reports = shared.reports.take();
+        let claimed = match shared.store.job_report_and_claim(reports.clone(), params).await {
+            Ok((reported, c)) => {
+                reporter::settle(shared, &reports, reported);
                 error_pause = Duration::from_millis(50);
                 c
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; retrying in {error_pause:?}");
+                shared.reports.put_back(reports);
                 drop(permits);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -201,7 +211,7 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
     };
     // The reporter removes the job from `running` once the report is applied,
     // so heartbeats keep its lease alive until then.
-    let _ = shared.reports.send(Report { id, token, outcome });
+    shared.reports.push(Report { id, token, outcome });
     drop(permit);
 }
 

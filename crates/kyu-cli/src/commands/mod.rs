@@ -2,6 +2,7 @@
 //! same code runs on SQLite, PostgreSQL or a remote server.
 
 mod admin;
+mod bench;
 mod enqueue;
 mod inspect;
 mod work;
@@ -16,7 +17,10 @@ use crate::error::CliError;
 
 /// Opens the store the arguments name and runs the command on it.
 pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
-    let db = cli.database.clone();
+    if let Command::Bench(a) = &cli.command {
+        return bench::bench(cli.database.as_deref(), a, cli.json).await;
+    }
+    let db = cli.database.clone().unwrap_or_else(|| "./kyu.db".into());
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         return Err(CliError::Usage("PostgreSQL support is not built into this kyu yet".into()));
     }
@@ -39,6 +43,7 @@ async fn run<S: Store>(store: S, cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
         Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
         Command::Work(a) => work::work(store, a).await,
+        Command::Bench(_) => unreachable!("dispatched before a store is opened"),
     }
 }
 

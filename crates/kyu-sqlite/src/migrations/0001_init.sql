@@ -21,6 +21,7 @@ CREATE TABLE kyu_jobs (
     unique_until        TEXT,                 -- the key stays taken until then (and while not terminal)
     depends_on          TEXT,                 -- JSON array of ids, NULL when none
     pending_deps        INTEGER NOT NULL DEFAULT 0,
+    has_dependents      INTEGER NOT NULL DEFAULT 0,  -- some job waits for this one (skip the lookup when not)
     continue_on_failure INTEGER NOT NULL DEFAULT 0,
     result              TEXT,                 -- JSON
     keep_result_ms      INTEGER,
