@@ -1,0 +1,183 @@
+//! Operator actions and retention: cancel, retry, delete, prune, queue settings.
+
+use kyu_core::{Job, JobId, JobState, QueueInfo, QueueName, ValidationError};
+use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
+use crate::conn::Conn;
+use tokio_postgres::types::ToSql;
+
+use crate::error::PgResultExt;
+use crate::finish::fail_dependents;
+use crate::read::{job_must, queue_list, state_of, ts};
+use crate::tx::Tx;
+
+async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(i64, JobState), StoreError> {
+    let row = tx
+        .c
+        .query_opt("SELECT seq, state FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&id.as_str()])
+        .await
+        .db()?
+        .ok_or_else(|| StoreError::job_not_found(id))?;
+    Ok((row.try_get(0).db()?, state_of(row.try_get(1).db()?)?))
+}
+
+pub(crate) async fn cancel<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
+    let (seq, state) = lock_job(tx, id).await?;
+    match state {
+        s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
+        // Stored, not only signalled: the worker learns it at its next heartbeat.
+        JobState::Running => {
+            tx.c.execute("UPDATE kyu_jobs SET cancel_requested = true WHERE seq = $1", &[&seq]).await.db()?;
+        }
+        _ => {
+            let expiry = tx.failed_expiry();
+            tx.c.execute(
+                "UPDATE kyu_jobs SET state = 'cancelled', cancel_requested = true, finished_at = $2, expires_at = $3 \
+                 WHERE seq = $1",
+                &[&seq, &tx.now_ts, &expiry],
+            )
+            .await
+            .db()?;
+            tx.events.push(StoreEvent::JobFinished(id.clone()));
+            fail_dependents(tx, seq, id).await?;
+        }
+    }
+    job_must(tx.c, id).await
+}
+
+/// Back to `queued` with a fresh set of attempts; `$1` is now.
+const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = $1, finished_at = NULL, expires_at = NULL, \
+     cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0";
+
+pub(crate) async fn retry<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
+    let (seq, state) = lock_job(tx, id).await?;
+    if !matches!(state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
+    }
+    tx.c.execute(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = $2"), &[&tx.now_ts, &seq]).await.db()?;
+    let job = job_must(tx.c, id).await?;
+    tx.events.push(StoreEvent::JobsAvailable(job.queue.clone()));
+    Ok(job)
+}
+
+pub(crate) async fn retry_many<C: Conn>(tx: &mut Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let state = p.state.unwrap_or(JobState::Failed);
+    if !matches!(state, JobState::Failed | JobState::Cancelled) {
+        return Err(ValidationError::new("state", "must be failed or cancelled").into());
+    }
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(tx.now_ts)];
+    let mut wheres: Vec<String> = Vec::new();
+    let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>| {
+        args.push(v);
+        wheres.push(clause.replace('$', &format!("${}", args.len())));
+    };
+    filter("state = $", Box::new(state.as_str().to_owned()));
+    if let Some(q) = &p.queue {
+        filter("queue = $", Box::new(q.as_str().to_owned()));
+    }
+    if let Some(k) = &p.kind {
+        filter("kind = $", Box::new(k.clone()));
+    }
+    if let Some(s) = p.since {
+        filter("finished_at >= $", Box::new(ts(s)));
+    }
+    if let Some(u) = p.until {
+        filter("finished_at < $", Box::new(ts(u)));
+    }
+    if let Some(e) = &p.error_contains {
+        filter("strpos(errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()));
+    }
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue", wheres.join(" AND "));
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+    let rows = tx.c.query(&sql, &params).await.db()?;
+    let mut queues: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
+    let count = queues.len() as u64;
+    queues.sort();
+    queues.dedup();
+    tx.events.extend(queues.into_iter().filter_map(|q| QueueName::new(q).ok()).map(StoreEvent::JobsAvailable));
+    Ok(count)
+}
+
+pub(crate) async fn delete<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {
+    let (seq, state) = lock_job(tx, id).await?;
+    if state == JobState::Running {
+        return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
+    }
+    if !state.is_terminal() {
+        // Its dependents would otherwise wait forever.
+        fail_dependents(tx, seq, id).await?;
+    }
+    remove(tx, &[seq]).await
+}
+
+async fn remove<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError> {
+    tx.c.execute("DELETE FROM kyu_jobs WHERE seq = ANY($1)", &[&seqs]).await.db()?;
+    tx.c.execute("DELETE FROM kyu_job_deps WHERE dep_seq = ANY($1) OR job_seq = ANY($1)", &[&seqs]).await.db()?;
+    Ok(())
+}
+
+/// Deletes up to `batch` finished jobs whose retention has passed; `SKIP
+/// LOCKED` lets every node prune at once without waiting on another.
+pub(crate) async fn prune<C: Conn>(tx: &mut Tx<'_, C>, batch: usize) -> Result<u64, StoreError> {
+    let rows = tx
+        .c
+        .query(
+            &format!(
+                "SELECT seq FROM kyu_jobs WHERE expires_at <= $1 ORDER BY expires_at LIMIT {batch} FOR UPDATE SKIP LOCKED"
+            ),
+            &[&tx.now_ts],
+        )
+        .await
+        .db()?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
+    if !seqs.is_empty() {
+        remove(tx, &seqs).await?;
+    }
+    Ok(seqs.len() as u64)
+}
+
+pub(crate) async fn queue_update<C: Conn>(tx: &mut Tx<'_, C>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+    if let Some(Some(c)) = p.concurrency
+        && c < 0
+    {
+        return Err(ValidationError::new("concurrency", "must be >= 0 or null").into());
+    }
+    if let Some(Some(c)) = p.group_concurrency
+        && c < 1
+    {
+        return Err(ValidationError::new("group_concurrency", "must be >= 1 or null").into());
+    }
+    if let Some(Some(r)) = p.rate_limit
+        && (r.max < 1 || r.per_ms < 1)
+    {
+        return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1").into());
+    }
+    let name = p.name.as_str();
+    tx.c.execute(
+        "INSERT INTO kyu_queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&name, &tx.now_ts],
+    )
+    .await
+    .db()?;
+    if let Some(paused) = p.paused {
+        tx.c.execute("UPDATE kyu_queues SET paused = $2 WHERE name = $1", &[&name, &paused]).await.db()?;
+        if !paused {
+            tx.events.push(StoreEvent::JobsAvailable(p.name.clone()));
+        }
+    }
+    if let Some(c) = p.concurrency {
+        tx.c.execute("UPDATE kyu_queues SET concurrency = $2 WHERE name = $1", &[&name, &c]).await.db()?;
+    }
+    if let Some(g) = p.group_concurrency {
+        tx.c.execute("UPDATE kyu_queues SET group_concurrency = $2 WHERE name = $1", &[&name, &g]).await.db()?;
+    }
+    if let Some(r) = p.rate_limit {
+        tx.c.execute(
+            "UPDATE kyu_queues SET rate_max = $2, rate_per_ms = $3, rate_window_start = NULL, rate_window_count = 0 \
+             WHERE name = $1",
+            &[&name, &r.map(|r| r.max), &r.map(|r| r.per_ms)],
+        )
+        .await
+        .db()?;
+    }
+    queue_list(tx.c, Some(name)).await?.pop().ok_or_else(|| StoreError::NotFound(format!("queue `{name}`")))
+}

@@ -1,0 +1,173 @@
+//! The claim: `FOR UPDATE SKIP LOCKED`, so claimers on any number of nodes
+//! take disjoint jobs without waiting for each other.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use kyu_core::{ClaimedJob, JobState, Millis, QueueName, new_token};
+use kyu_store::{ClaimResult, JobClaimParams, StoreError};
+use serde_json::{Value, json};
+use crate::conn::Conn;
+
+use crate::error::PgResultExt;
+use crate::finish::{next_run_at, promote_due};
+use crate::read::{job_id, millis, state_of, ts};
+use crate::tx::Tx;
+
+pub(crate) async fn claim<C: Conn>(tx: &mut Tx<'_, C>, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+    let mut names: Vec<String> = Vec::new();
+    for q in &p.queues {
+        if !names.iter().any(|n| n == q.as_str()) {
+            names.push(q.as_str().to_owned());
+        }
+    }
+    promote_due(tx, Some(&names)).await?;
+    let limits = tx
+        .c
+        .query(
+            "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL FROM kyu_queues WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .db()?;
+    let mut known: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    for r in limits {
+        known.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?));
+    }
+    let token = new_token();
+    let lease = tx.now.plus_ms(p.lease_ms);
+    let mut jobs: Vec<ClaimedJob> = Vec::new();
+    // Queues are served in the order given, as Celery and arq do.
+    for name in &names {
+        if jobs.len() >= p.max {
+            break;
+        }
+        let Some(&(paused, limited)) = known.get(name) else { continue };
+        if paused {
+            continue;
+        }
+        let mut want = (p.max - jobs.len()) as i64;
+        let mut window = None;
+        if limited {
+            let Some((allowed, w)) = allowance(tx, name, want).await? else { continue };
+            want = allowed;
+            window = w;
+        }
+        let rows = tx
+            .c
+            .query(
+                "WITH picked AS ( \
+                   SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' \
+                   ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
+                   started_at = $5, lease_expires_at = $6 \
+                 FROM picked WHERE j.seq = picked.seq \
+                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
+                   j.depends_on, j.priority, j.run_at, j.seq",
+                &[name, &want, &token, &p.worker, &tx.now_ts, &ts(lease)],
+            )
+            .await
+            .db()?;
+        let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
+        let mut batch = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let deps: Option<Value> = r.try_get(7).db()?;
+            let order = (-(r.try_get::<_, i32>(8).db()?), r.try_get::<_, SystemTime>(9).db()?, r.try_get::<_, i64>(10).db()?);
+            let job = ClaimedJob {
+                id: job_id(r.try_get(0).db()?)?,
+                queue: queue.clone(),
+                kind: r.try_get(1).db()?,
+                payload: r.try_get(2).db()?,
+                checkpoint: r.try_get(3).db()?,
+                attempt: r.try_get(4).db()?,
+                max_attempts: r.try_get(5).db()?,
+                timeout_ms: r.try_get(6).db()?,
+                token: token.clone(),
+                lease_expires_at: lease,
+                dependency_results: BTreeMap::new(),
+            };
+            batch.push((order, job, deps));
+        }
+        // RETURNING does not promise the subquery's order; restore it.
+        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some((start, used)) = window
+            && !batch.is_empty()
+        {
+            tx.c.execute(
+                "UPDATE kyu_queues SET rate_window_start = $2, rate_window_count = $3 WHERE name = $1",
+                &[name, &ts(start), &(used + batch.len() as i64)],
+            )
+            .await
+            .db()?;
+        }
+        for (_, mut job, deps) in batch {
+            if let Some(deps) = deps {
+                let ids: Vec<String> = serde_json::from_value(deps).map_err(|e| StoreError::Backend(e.into()))?;
+                job.dependency_results = dependency_results(tx, &ids).await?;
+            }
+            jobs.push(job);
+        }
+    }
+    let next = if jobs.len() < p.max { next_run_at(tx, &names).await? } else { None };
+    Ok(ClaimResult { jobs, next_run_at: next })
+}
+
+/// For a queue with a concurrency or rate limit: how many it may hand out
+/// now. The queue row is locked until commit, so concurrent claimers on any
+/// node take turns and the limits hold across all of them; queues without
+/// limits never take this lock.
+async fn allowance<C: Conn>(
+    tx: &Tx<'_, C>,
+    name: &str,
+    want: i64,
+) -> Result<Option<(i64, Option<(Millis, i64)>)>, StoreError> {
+    let r = tx
+        .c
+        .query_one(
+            "SELECT concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count FROM kyu_queues \
+             WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await
+        .db()?;
+    let mut allowed = want;
+    if let Some(max_running) = r.try_get::<_, Option<i32>>(0).db()? {
+        let running: i64 = tx
+            .c
+            .query_one("SELECT count(*) FROM kyu_jobs WHERE queue = $1 AND state = 'running'", &[&name])
+            .await
+            .db()?
+            .get(0);
+        allowed = allowed.min(i64::from(max_running) - running);
+    }
+    let mut window = None;
+    if let (Some(max), Some(per_ms)) = (r.try_get::<_, Option<i64>>(1).db()?, r.try_get::<_, Option<i64>>(2).db()?) {
+        let start = r.try_get::<_, Option<SystemTime>>(3).db()?.map(millis);
+        let count: i64 = r.try_get(4).db()?;
+        let current = match start {
+            Some(s) if tx.now < s.plus_ms(per_ms) => (s, count),
+            _ => (tx.now, 0),
+        };
+        allowed = allowed.min(max - current.1);
+        window = Some(current);
+    }
+    Ok((allowed > 0).then_some((allowed, window)))
+}
+
+async fn dependency_results<C: Conn>(tx: &Tx<'_, C>, ids: &[String]) -> Result<BTreeMap<String, Value>, StoreError> {
+    let rows = tx
+        .c
+        .query("SELECT id, state, result, errors -> -1 ->> 'message' FROM kyu_jobs WHERE id = ANY($1)", &[&ids])
+        .await
+        .db()?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let state = state_of(r.try_get(1).db()?)?;
+        let v = match state {
+            JobState::Completed => r.try_get::<_, Option<Value>>(2).db()?.unwrap_or(Value::Null),
+            _ => json!({"state": state, "error": r.try_get::<_, Option<String>>(3).db()?}),
+        };
+        out.insert(r.try_get(0).db()?, v);
+    }
+    Ok(out)
+}

@@ -1,0 +1,242 @@
+//! Enqueue. The common case (no unique key, no dependencies) is one
+//! statement: an `unnest` insert of the whole batch that also creates new
+//! queues and sends the NOTIFY, so a single enqueue is one round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use kyu_core::transition::runnable_state;
+use kyu_core::{ErrorEntry, JobId, JobState, NewJob, ValidationError};
+use kyu_store::{Inserted, StoreError, StoreEvent};
+use crate::conn::Conn;
+
+use crate::error::PgResultExt;
+use crate::read::{job_id, state_of, ts};
+use crate::tx::Tx;
+
+/// Column arrays for the `unnest` insert.
+#[derive(Default)]
+struct Rows {
+    id: Vec<String>,
+    queue: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<String>,
+    state: Vec<String>,
+    priority: Vec<i32>,
+    run_at: Vec<SystemTime>,
+    max_attempts: Vec<i32>,
+    backoff: Vec<String>,
+    timeout_ms: Vec<Option<i64>>,
+    unique_key: Vec<Option<String>>,
+    unique_for_ms: Vec<Option<i64>>,
+    unique_until: Vec<Option<SystemTime>>,
+    depends_on: Vec<Option<String>>,
+    pending: Vec<i32>,
+    continue_on_failure: Vec<bool>,
+    keep_result_ms: Vec<Option<i64>>,
+    errors: Vec<String>,
+    tags: Vec<Option<String>>,
+    group: Vec<Option<String>>,
+    finished_at: Vec<Option<SystemTime>>,
+    expires_at: Vec<Option<SystemTime>>,
+}
+
+impl Rows {
+    fn push(&mut self, job: &NewJob, state: JobState, pending: i32, errors: String, now: kyu_core::Millis, failed_expiry: Option<SystemTime>) {
+        self.id.push(job.id.to_string());
+        self.queue.push(job.queue.to_string());
+        self.kind.push(job.kind.clone());
+        self.payload.push(job.payload.clone());
+        self.state.push(state.as_str().to_owned());
+        self.priority.push(job.priority);
+        self.run_at.push(ts(job.run_at));
+        self.max_attempts.push(job.max_attempts);
+        self.backoff.push(to_json(&job.backoff));
+        self.timeout_ms.push(job.timeout_ms);
+        self.unique_key.push(job.unique_key.clone());
+        self.unique_for_ms.push(job.unique_for_ms);
+        self.unique_until.push(job.unique_for_ms.map(|ms| ts(now.plus_ms(ms))));
+        self.depends_on.push((!job.depends_on.is_empty()).then(|| to_json(&job.depends_on)));
+        self.pending.push(pending);
+        self.continue_on_failure.push(job.continue_on_failure);
+        self.keep_result_ms.push(job.keep_result_ms);
+        self.errors.push(errors);
+        self.tags.push((!job.tags.is_empty()).then(|| to_json(&job.tags)));
+        self.group.push(job.group.clone());
+        self.finished_at.push(failed_expiry.map(|_| ts(now)));
+        self.expires_at.push(failed_expiry);
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("kyu types serialise")
+}
+
+/// Inserts the rows, creating their queues and notifying waiters, in one
+/// statement. Returns `(id, seq)` of each row actually inserted.
+async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i64)>, StoreError> {
+    const SQL: &str = "\
+        WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[],
+                $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[],
+                $21::timestamptz[], $22::timestamptz[])
+              AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key,
+                   unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags,
+                   group_key, finished_at, expires_at)
+        ), queues AS (
+            INSERT INTO kyu_queues (name, created_at) SELECT DISTINCT queue, $23::timestamptz FROM input
+            ON CONFLICT (name) DO NOTHING
+        ), inserted AS (
+            INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms,
+                unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, keep_result_ms,
+                errors, tags, group_key, created_at, finished_at, expires_at)
+            SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms,
+                unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms,
+                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at
+            FROM input
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id, seq, queue, state
+        ), notified AS (
+            SELECT pg_notify($24::text, 'a:' || queue) FROM (SELECT DISTINCT queue FROM inserted
+                WHERE state IN ('queued', 'scheduled')) AS q
+        )
+        SELECT id, seq, (SELECT count(*) FROM notified) FROM inserted";
+    let rows = tx
+        .c
+        .query(
+            SQL,
+            &[
+                &r.id, &r.queue, &r.kind, &r.payload, &r.state, &r.priority, &r.run_at, &r.max_attempts, &r.backoff,
+                &r.timeout_ms, &r.unique_key, &r.unique_for_ms, &r.unique_until, &r.depends_on, &r.pending,
+                &r.continue_on_failure, &r.keep_result_ms, &r.errors, &r.tags, &r.group, &r.finished_at, &r.expires_at,
+                &tx.now_ts, &tx.settings.channel,
+            ],
+        )
+        .await
+        .db()?;
+    rows.iter().map(|row| Ok((row.try_get(0).db()?, row.try_get(1).db()?))).collect()
+}
+
+pub(crate) async fn insert_many<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+    if jobs.iter().all(|j| j.unique_key.is_none() && j.depends_on.is_empty()) {
+        insert_plain(tx, jobs).await
+    } else {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(insert_one(tx, job).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// No unique keys, no dependencies: the whole batch in one statement.
+async fn insert_plain<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+    let mut rows = Rows::default();
+    let states: Vec<JobState> = jobs.iter().map(|j| runnable_state(tx.now, j.run_at)).collect();
+    for (job, state) in jobs.iter().zip(&states) {
+        rows.push(job, *state, 0, "[]".into(), tx.now, None);
+    }
+    let mut fresh: HashSet<String> = insert_rows(tx, &rows).await?.into_iter().map(|(id, _)| id).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut dups: Vec<usize> = Vec::new();
+    for (i, (job, state)) in jobs.iter().zip(states).enumerate() {
+        // `remove`, so a second copy of an id in the same batch is a duplicate.
+        if fresh.remove(job.id.as_str()) {
+            out.push(Inserted { id: job.id.clone(), state, duplicate: false });
+        } else {
+            dups.push(i);
+            out.push(Inserted { id: job.id.clone(), state, duplicate: true });
+        }
+    }
+    if !dups.is_empty() {
+        let ids: Vec<String> = dups.iter().map(|&i| jobs[i].id.to_string()).collect();
+        let found: HashMap<String, JobState> = tx
+            .c
+            .query("SELECT id, state FROM kyu_jobs WHERE id = ANY($1)", &[&ids])
+            .await
+            .db()?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, String>(0).db()?, state_of(r.try_get(1).db()?)?)))
+            .collect::<Result<_, StoreError>>()?;
+        for i in dups {
+            if let Some(s) = found.get(out[i].id.as_str()) {
+                out[i].state = *s;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// With a unique key or dependencies: checked one job at a time, under locks
+/// that keep concurrent producers and finishing dependencies consistent.
+async fn insert_one<C: Conn>(tx: &mut Tx<'_, C>, job: NewJob) -> Result<Inserted, StoreError> {
+    if let Some(key) = &job.unique_key {
+        // Two producers with the same key must not both see "free".
+        tx.c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[key]).await.db()?;
+        let taken = tx
+            .c
+            .query_opt(
+                "SELECT id, state FROM kyu_jobs WHERE unique_key = $1 \
+                 AND (state NOT IN ('completed', 'failed', 'cancelled') OR unique_until > $2) LIMIT 1",
+                &[key, &tx.now_ts],
+            )
+            .await
+            .db()?;
+        if let Some(row) = taken {
+            return Ok(Inserted { id: job_id(row.try_get(0).db()?)?, state: state_of(row.try_get(1).db()?)?, duplicate: true });
+        }
+    }
+    let mut pending: Vec<i64> = Vec::new();
+    let mut failed_dep: Option<&JobId> = None;
+    if !job.depends_on.is_empty() {
+        let ids: Vec<String> = job.depends_on.iter().map(|d| d.to_string()).collect();
+        // FOR SHARE: a dependency cannot finish between this read and our
+        // commit, so it cannot miss the dependency row written below.
+        let rows = tx.c.query("SELECT id, seq, state FROM kyu_jobs WHERE id = ANY($1) FOR SHARE", &[&ids]).await.db()?;
+        let mut found: HashMap<String, (i64, JobState)> = HashMap::new();
+        for r in rows {
+            found.insert(r.try_get(0).db()?, (r.try_get(1).db()?, state_of(r.try_get(2).db()?)?));
+        }
+        for (i, dep) in job.depends_on.iter().enumerate() {
+            match found.get(dep.as_str()) {
+                None => {
+                    return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{dep}`")).into());
+                }
+                Some((_, JobState::Completed)) => {}
+                Some((_, JobState::Failed | JobState::Cancelled)) if job.continue_on_failure => {}
+                Some((_, JobState::Failed | JobState::Cancelled)) => failed_dep = failed_dep.or(Some(dep)),
+                Some((seq, _)) => pending.push(*seq),
+            }
+        }
+    }
+    let (state, errors, expiry) = if let Some(dep) = failed_dep {
+        let entry = ErrorEntry { attempt: 0, at: tx.now, message: format!("dependency `{dep}` did not complete") };
+        (JobState::Failed, serde_json::to_string(&[entry]).expect("serialises"), Some(tx.failed_expiry()))
+    } else if !pending.is_empty() {
+        (JobState::Waiting, "[]".to_owned(), None)
+    } else {
+        (runnable_state(tx.now, job.run_at), "[]".to_owned(), None)
+    };
+    let mut rows = Rows::default();
+    rows.push(&job, state, pending.len() as i32, errors, tx.now, expiry);
+    let Some((_, seq)) = insert_rows(tx, &rows).await?.pop() else {
+        let row = tx.c.query_one("SELECT state FROM kyu_jobs WHERE id = $1", &[&job.id.as_str()]).await.db()?;
+        return Ok(Inserted { id: job.id, state: state_of(row.try_get(0).db()?)?, duplicate: true });
+    };
+    if !pending.is_empty() {
+        tx.c.execute(
+            "INSERT INTO kyu_job_deps (dep_seq, job_seq) SELECT unnest($1::int8[]), $2 ON CONFLICT DO NOTHING",
+            &[&pending, &seq],
+        )
+        .await
+        .db()?;
+        tx.c.execute("UPDATE kyu_jobs SET has_dependents = true WHERE seq = ANY($1) AND NOT has_dependents", &[&pending])
+            .await
+            .db()?;
+    }
+    if state == JobState::Failed {
+        tx.events.push(StoreEvent::JobFinished(job.id.clone()));
+    }
+    Ok(Inserted { id: job.id, state, duplicate: false })
+}

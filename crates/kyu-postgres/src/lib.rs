@@ -1,0 +1,288 @@
+//! kyu-postgres: kyu's distributed backend on PostgreSQL.
+//!
+//! Many servers and workers on many machines share one database. Claims use
+//! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on each other
+//! or take the same job; completions of a whole batch are one statement;
+//! `LISTEN/NOTIFY` wakes idle workers and result waiters on every node within
+//! milliseconds, with polling as the fallback. Time comes from the store's
+//! clock (passed as parameters), as on SQLite, so both backends behave alike.
+//!
+//! A Rust caller can enqueue inside its own transaction with
+//! [`PgStore::enqueue_in`]: the jobs exist if and only if it commits. A
+//! handler can likewise report its job inside the transaction that writes its
+//! effects with [`PgStore::report_in`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kyu_store::StoreError> {
+//! use kyu_store::Store;
+//! let store = kyu_postgres::PgStore::connect("postgres://localhost/app", Default::default()).await?;
+//! let queues = store.queue_list().await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod admin;
+mod claim;
+mod conn;
+mod error;
+mod finish;
+mod insert;
+mod listen;
+mod migrate;
+mod read;
+mod tx;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kyu_core::{Clock, Job, JobId, NewJob, QueueInfo};
+use kyu_store::*;
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+
+pub use conn::Conn;
+
+use crate::error::{PgResultExt, pool_err};
+use crate::tx::{Settings, Tx};
+
+/// Settings of a PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// Where "now" comes from.
+    pub clock: Clock,
+    /// How long a completed job is kept unless it says otherwise.
+    pub keep_result_ms: i64,
+    /// How long failed and cancelled jobs are kept.
+    pub keep_failed_ms: i64,
+    /// Schema for kyu's tables (created if missing); `None` uses the
+    /// connection's search path (normally `public`).
+    pub schema: Option<String>,
+    /// Most pooled connections this process opens (plus one for LISTEN).
+    pub pool_size: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            clock: Clock::system(),
+            keep_result_ms: 24 * 3_600_000,
+            keep_failed_ms: 7 * 24 * 3_600_000,
+            schema: None,
+            pool_size: 16,
+        }
+    }
+}
+
+/// A kyu store on PostgreSQL. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    clock: Clock,
+    settings: Settings,
+    events: broadcast::Sender<StoreEvent>,
+    listening: Arc<AtomicBool>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Runs `$body` (an expression using `$tx`) in a transaction on a pooled
+/// connection, sends its notifications, and commits.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {{
+        let mut client = $store.inner.pool.get().await.map_err(pool_err)?;
+        let t = client.transaction().await.db()?;
+        let mut $tx = Tx::new(&t, $store.inner.clock.now(), &$store.inner.settings);
+        let out = $body?;
+        $tx.notify().await?;
+        drop($tx);
+        t.commit().await.db()?;
+        Ok(out)
+    }};
+}
+
+impl PgStore {
+    /// Connects to `url`, brings the schema up to date (safe when several
+    /// nodes start at once), and starts listening for notifications.
+    pub async fn connect(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}").into()))?;
+        if let Some(schema) = &opts.schema {
+            if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(StoreError::Backend(format!("schema `{schema}` must be [a-z0-9_]+").into()));
+            }
+            config.options(format!("-c search_path={schema}"));
+        }
+        config.application_name("kyu");
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}").into()))?;
+        let conn_task = tokio::spawn(connection);
+        migrate::run(&mut client, opts.schema.as_deref()).await.db()?;
+        let found: i32 = client.query_one("SELECT max(version) FROM kyu_migrations", &[]).await.db()?.get(0);
+        drop(client);
+        let _ = conn_task.await;
+        if found > migrate::latest() {
+            return Err(StoreError::Backend(
+                format!("the database has kyu schema version {found}, newer than this kyu ({})", migrate::latest()).into(),
+            ));
+        }
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let channel = format!("kyu:{}", opts.schema.as_deref().unwrap_or("public"));
+        let (events, _) = broadcast::channel(4096);
+        let listening = Arc::new(AtomicBool::new(false));
+        let listener = tokio::spawn(listen::run(config, channel.clone(), events.clone(), listening.clone()));
+        let settings = Settings { keep_result_ms: opts.keep_result_ms, keep_failed_ms: opts.keep_failed_ms, channel };
+        Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
+    }
+
+    /// Enqueues inside the caller's transaction: the jobs exist if and only
+    /// if `tx` commits, and waiters are notified only then.
+    pub async fn enqueue_in(&self, tx: &tokio_postgres::Transaction<'_>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+        let mut t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
+        let out = insert::insert_many(&mut t, jobs).await?;
+        t.notify().await?;
+        Ok(out)
+    }
+
+    /// Reports on claimed jobs inside the caller's transaction, so a job is
+    /// completed if and only if the handler's own writes commit with it.
+    pub async fn report_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        reports: Vec<Report>,
+    ) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
+        let mut t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
+        let out = finish::report_many(&mut t, reports).await?;
+        t.notify().await?;
+        Ok(out)
+    }
+
+    /// The connection pool, for callers that want their own transactions.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Whether the LISTEN connection is up right now.
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Relaxed)
+    }
+}
+
+impl Store for PgStore {
+    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<Inserted>, StoreError> {
+        let plain = p.jobs.iter().all(|j| j.unique_key.is_none() && j.depends_on.is_empty());
+        if plain {
+            // One statement that inserts, creates queues and notifies: it is
+            // atomic on its own, so no explicit transaction (one round trip).
+            let client = self.inner.pool.get().await.map_err(pool_err)?;
+            let mut t = Tx::new(&client, self.inner.clock.now(), &self.inner.settings);
+            return insert::insert_many(&mut t, p.jobs).await;
+        }
+        in_tx!(self, tx => insert::insert_many(&mut tx, p.jobs).await)
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+        if p.max == 0 || p.queues.is_empty() {
+            return Ok(ClaimResult::default());
+        }
+        in_tx!(self, tx => claim::claim(&mut tx, p).await)
+    }
+
+    async fn job_report_and_claim(
+        &self,
+        reports: Vec<Report>,
+        p: JobClaimParams,
+    ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
+        in_tx!(self, tx => async {
+            let reported = if reports.is_empty() { Vec::new() } else { finish::report_many(&mut tx, reports).await? };
+            let claimed = if p.max == 0 || p.queues.is_empty() { ClaimResult::default() } else { claim::claim(&mut tx, p).await? };
+            Ok::<_, StoreError>((reported, claimed))
+        }.await)
+    }
+
+    async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
+        in_tx!(self, tx => finish::report_many(&mut tx, reports).await)
+    }
+
+    async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
+        in_tx!(self, tx => finish::heartbeat_many(&mut tx, p).await)
+    }
+
+    async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {
+        in_tx!(self, tx => finish::save(&mut tx, p).await)
+    }
+
+    async fn job_get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        read::job_get(&client, id.as_str()).await
+    }
+
+    async fn job_list(&self, p: JobListParams) -> Result<JobPage, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        read::job_list(&client, &p).await
+    }
+
+    async fn job_cancel(&self, id: &JobId) -> Result<Job, StoreError> {
+        in_tx!(self, tx => admin::cancel(&mut tx, id).await)
+    }
+
+    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
+        in_tx!(self, tx => admin::retry(&mut tx, id).await)
+    }
+
+    async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        in_tx!(self, tx => admin::retry_many(&mut tx, p).await)
+    }
+
+    async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
+        in_tx!(self, tx => admin::delete(&mut tx, id).await)
+    }
+
+    async fn job_rescue(&self) -> Result<RescueCounts, StoreError> {
+        in_tx!(self, tx => finish::rescue(&mut tx).await)
+    }
+
+    async fn job_prune(&self, p: JobPruneParams) -> Result<u64, StoreError> {
+        in_tx!(self, tx => admin::prune(&mut tx, p.batch).await)
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        read::queue_list(&client, None).await
+    }
+
+    async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+        in_tx!(self, tx => admin::queue_update(&mut tx, p).await)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn supports_listen_notify(&self) -> bool {
+        true
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+}

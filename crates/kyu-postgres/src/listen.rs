@@ -1,0 +1,84 @@
+//! The LISTEN connection: notifications from every node become store events.
+//!
+//! NOTIFY is a hint, never the source of truth: if the connection drops,
+//! notifications sent meanwhile are lost, so after reconnecting the listener
+//! announces every queue once (idle workers look again) and waiters keep
+//! their polling fallback while it is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kyu_store::StoreEvent;
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::migrate::quote_ident;
+use crate::tx::parse_payload;
+
+pub(crate) async fn run(
+    config: tokio_postgres::Config,
+    channel: String,
+    events: broadcast::Sender<StoreEvent>,
+    up: Arc<AtomicBool>,
+) {
+    let mut pause = Duration::from_millis(50);
+    let mut first = true;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (msgs_tx, mut msgs) = tokio::sync::mpsc::unbounded_channel();
+                // The connection must be polled for the client to work; its
+                // messages include the notifications.
+                let driver = tokio::spawn(async move {
+                    while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if msgs_tx.send(n.payload().to_owned()).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection failed");
+                                break;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute(&format!("LISTEN {}", quote_ident(&channel))).await {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                    driver.abort();
+                } else {
+                    up.store(true, Ordering::Relaxed);
+                    pause = Duration::from_millis(50);
+                    if !first {
+                        resync(&client, &events).await;
+                    }
+                    first = false;
+                    while let Some(payload) = msgs.recv().await {
+                        for e in parse_payload(&payload) {
+                            let _ = events.send(e);
+                        }
+                    }
+                    up.store(false, Ordering::Relaxed);
+                    tracing::warn!("LISTEN connection lost; reconnecting (polling meanwhile)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying in {pause:?}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Notifications may have been lost while disconnected: wake every waiter.
+async fn resync(client: &tokio_postgres::Client, events: &broadcast::Sender<StoreEvent>) {
+    if let Ok(rows) = client.query("SELECT name FROM kyu_queues", &[]).await {
+        for r in rows {
+            if let Ok(q) = kyu_core::QueueName::new(r.get::<_, String>(0)) {
+                let _ = events.send(StoreEvent::JobsAvailable(q));
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Reads: rows to [`Job`] and [`QueueInfo`], listing, counting.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kyu_core::{Backoff, Job, JobId, JobState, Millis, QueueInfo, QueueName, RateLimit, ValidationError};
+use kyu_store::{JobListParams, JobPage, StoreError};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::conn::Conn;
+
+use crate::error::PgResultExt;
+
+/// The columns [`job_from_row`] reads, in its order.
+pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
+     max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, pending_deps, continue_on_failure, \
+     result, keep_result_ms, errors, progress, tags, group_key, cancel_requested, created_at, started_at, \
+     finished_at, lease_expires_at, worker";
+
+/// Millis to a `timestamptz` parameter.
+pub(crate) fn ts(m: Millis) -> SystemTime {
+    if m.0 >= 0 {
+        UNIX_EPOCH + Duration::from_millis(m.0 as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(m.0.unsigned_abs())
+    }
+}
+
+/// A `timestamptz` column to Millis.
+pub(crate) fn millis(t: SystemTime) -> Millis {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Millis(d.as_millis() as i64),
+        Err(e) => Millis(-(e.duration().as_millis() as i64)),
+    }
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("unreadable {what} in kyu_jobs: {e}").into())
+}
+
+pub(crate) fn state_of(s: &str) -> Result<JobState, StoreError> {
+    s.parse().map_err(|e| bad("state", e))
+}
+
+pub(crate) fn job_id(s: String) -> Result<JobId, StoreError> {
+    JobId::new(s).map_err(|e| bad("id", e))
+}
+
+pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
+    let get_ts = |i: usize| -> Result<Option<Millis>, StoreError> { Ok(r.try_get::<_, Option<SystemTime>>(i).db()?.map(millis)) };
+    let json_list = |i: usize| -> Result<Option<Value>, StoreError> { r.try_get::<_, Option<Value>>(i).db() };
+    Ok(Job {
+        id: job_id(r.try_get(0).db()?)?,
+        queue: QueueName::new(r.try_get::<_, String>(1).db()?).map_err(|e| bad("queue", e))?,
+        kind: r.try_get(2).db()?,
+        payload: r.try_get(3).db()?,
+        checkpoint: r.try_get(4).db()?,
+        state: state_of(r.try_get(5).db()?)?,
+        priority: r.try_get(6).db()?,
+        run_at: get_ts(7)?.unwrap_or_default(),
+        attempt: r.try_get(8).db()?,
+        max_attempts: r.try_get(9).db()?,
+        backoff: serde_json::from_value::<Backoff>(r.try_get(10).db()?).map_err(|e| bad("backoff", e))?,
+        timeout_ms: r.try_get(11).db()?,
+        unique_key: r.try_get(12).db()?,
+        unique_for_ms: r.try_get(13).db()?,
+        depends_on: match json_list(14)? {
+            Some(v) => serde_json::from_value(v).map_err(|e| bad("depends_on", e))?,
+            None => Vec::new(),
+        },
+        pending_dependencies: i64::from(r.try_get::<_, i32>(15).db()?),
+        continue_on_failure: r.try_get(16).db()?,
+        result: r.try_get(17).db()?,
+        keep_result_ms: r.try_get(18).db()?,
+        errors: serde_json::from_value(r.try_get(19).db()?).map_err(|e| bad("errors", e))?,
+        progress: r.try_get(20).db()?,
+        tags: match json_list(21)? {
+            Some(v) => serde_json::from_value(v).map_err(|e| bad("tags", e))?,
+            None => Vec::new(),
+        },
+        group: r.try_get(22).db()?,
+        cancel_requested: r.try_get(23).db()?,
+        created_at: get_ts(24)?.unwrap_or_default(),
+        started_at: get_ts(25)?,
+        finished_at: get_ts(26)?,
+        lease_expires_at: get_ts(27)?,
+        worker: r.try_get(28).db()?,
+        duplicate: false,
+    })
+}
+
+pub(crate) async fn job_get(c: &impl Conn, id: &str) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = $1");
+    match c.query_opt(&sql, &[&id]).await.db()? {
+        Some(r) => Ok(Some(job_from_row(&r)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn job_must(c: &impl Conn, id: &JobId) -> Result<Job, StoreError> {
+    job_get(c, id.as_str()).await?.ok_or_else(|| StoreError::job_not_found(id))
+}
+
+pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage, StoreError> {
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let mut wheres: Vec<String> = Vec::new();
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>, args: &mut Vec<Box<dyn ToSql + Sync + Send>>| {
+        args.push(v);
+        wheres.push(clause.replace('$', &format!("${}", args.len())));
+    };
+    if let Some(q) = &p.queue {
+        filter("queue = $", Box::new(q.as_str().to_owned()), &mut args);
+    }
+    if let Some(s) = p.state {
+        filter("state = $", Box::new(s.as_str().to_owned()), &mut args);
+    }
+    if let Some(k) = &p.kind {
+        filter("kind = $", Box::new(k.clone()), &mut args);
+    }
+    if let Some(t) = &p.tag {
+        filter("tags ? $", Box::new(t.clone()), &mut args);
+    }
+    if let Some(cur) = &p.cursor {
+        let seq: i64 = cur.parse().map_err(|_| ValidationError::new("cursor", "not a cursor from a previous page"))?;
+        filter("seq < $", Box::new(seq), &mut args);
+    }
+    let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
+    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT {}", limit + 1);
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+    let rows = c.query(&sql, &params).await.db()?;
+    let more = rows.len() > limit;
+    let mut jobs = Vec::with_capacity(limit);
+    let mut last = 0i64;
+    for r in rows.iter().take(limit) {
+        jobs.push(job_from_row(r)?);
+        last = r.try_get(29).db()?;
+    }
+    Ok(JobPage { jobs, next_cursor: more.then(|| last.to_string()) })
+}
+
+pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<QueueInfo>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT name, paused, concurrency, rate_max, rate_per_ms, group_concurrency FROM kyu_queues \
+             WHERE $1::text IS NULL OR name = $1 ORDER BY name",
+            &[&only],
+        )
+        .await
+        .db()?;
+    let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
+    for r in rows {
+        let name: String = r.try_get(0).db()?;
+        let rate = match (r.try_get::<_, Option<i64>>(3).db()?, r.try_get::<_, Option<i64>>(4).db()?) {
+            (Some(max), Some(per_ms)) => Some(RateLimit { max, per_ms }),
+            _ => None,
+        };
+        let info = QueueInfo {
+            name: QueueName::new(name.clone()).map_err(|e| bad("queue name", e))?,
+            paused: r.try_get(1).db()?,
+            concurrency: r.try_get(2).db()?,
+            rate_limit: rate,
+            group_concurrency: r.try_get(5).db()?,
+            counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
+        };
+        queues.insert(name, info);
+    }
+    let rows = c
+        .query(
+            "SELECT queue, state, count(*) FROM kyu_jobs WHERE $1::text IS NULL OR queue = $1 GROUP BY queue, state",
+            &[&only],
+        )
+        .await
+        .db()?;
+    for r in rows {
+        let (queue, state, n): (String, String, i64) = (r.try_get(0).db()?, r.try_get(1).db()?, r.try_get(2).db()?);
+        if let Some(q) = queues.get_mut(&queue) {
+            q.counts.insert(state, n);
+        }
+    }
+    Ok(queues.into_values().collect())
+}

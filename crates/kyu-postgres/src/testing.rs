@@ -1,0 +1,24 @@
+//! A fresh store in a schema of its own, for tests.
+//!
+//! The server is the one the test script starts (KYU_TEST_POSTGRES_URL). A
+//! missing server fails the test: it is never skipped.
+
+use kyu_core::Clock;
+
+use crate::{PgOptions, PgStore};
+
+/// The test server's URL, or a panic saying how to get one.
+pub fn test_url() -> String {
+    std::env::var("KYU_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("KYU_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL")
+    })
+}
+
+/// A store in a new schema named by a UUIDv7, with a manual clock. The guard
+/// is the schema name; the cluster is thrown away after the run.
+pub async fn fresh_store() -> (PgStore, String) {
+    let schema = format!("kyu_t_{}", uuid::Uuid::now_v7().simple());
+    let opts = PgOptions { clock: Clock::manual(), schema: Some(schema.clone()), pool_size: 8, ..PgOptions::default() };
+    let store = PgStore::connect(&test_url(), opts).await.expect("connect to the test PostgreSQL");
+    (store, schema)
+}

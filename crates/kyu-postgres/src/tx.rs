@@ -1,0 +1,117 @@
+//! What a write operation sees: a client inside an open transaction (the
+//! store's own, or a caller's), the transaction's time, and events to send
+//! with NOTIFY before it commits.
+
+use std::time::SystemTime;
+
+use kyu_core::Millis;
+use kyu_store::{StoreError, StoreEvent};
+use crate::conn::Conn;
+
+use crate::error::PgResultExt;
+use crate::read::ts;
+
+/// Retention defaults and the notification channel, fixed at open.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub keep_result_ms: i64,
+    pub keep_failed_ms: i64,
+    pub channel: String,
+}
+
+pub(crate) struct Tx<'a, C: Conn> {
+    pub c: &'a C,
+    pub now: Millis,
+    pub now_ts: SystemTime,
+    pub now_str: String,
+    pub settings: &'a Settings,
+    pub events: Vec<StoreEvent>,
+}
+
+impl<'a, C: Conn> Tx<'a, C> {
+    pub fn new(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
+        Tx { c, now, now_ts: ts(now), now_str: now.to_rfc3339(), settings, events: Vec::new() }
+    }
+
+    pub fn failed_expiry(&self) -> SystemTime {
+        ts(self.now.plus_ms(self.settings.keep_failed_ms))
+    }
+
+    /// Sends this transaction's events with NOTIFY; PostgreSQL delivers them
+    /// when (and only if) the transaction commits. Each distinct payload is
+    /// sent once, and finished ids are packed many to a notification, since
+    /// every NOTIFY takes a global lock at commit.
+    pub async fn notify(&mut self) -> Result<(), StoreError> {
+        let payloads = payloads(std::mem::take(&mut self.events));
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.c
+            .execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&self.settings.channel, &payloads])
+            .await
+            .db()?;
+        Ok(())
+    }
+}
+
+/// Most bytes of ids in one notification (PostgreSQL's limit is 8000).
+const MAX_PAYLOAD: usize = 7000;
+
+/// `a:QUEUE` for jobs available on a queue; `f:ID ID ...` for finished jobs.
+pub(crate) fn payloads(events: Vec<StoreEvent>) -> Vec<String> {
+    let mut queues: Vec<String> = Vec::new();
+    let mut finished: Vec<String> = Vec::new();
+    for e in events {
+        match e {
+            StoreEvent::JobsAvailable(q) => {
+                let p = format!("a:{q}");
+                if !queues.contains(&p) {
+                    queues.push(p);
+                }
+            }
+            StoreEvent::JobFinished(id) => {
+                let fits = finished.last().is_some_and(|l| l.len() + 1 + id.as_str().len() <= MAX_PAYLOAD);
+                if fits {
+                    let last = finished.last_mut().expect("checked");
+                    last.push(' ');
+                    last.push_str(id.as_str());
+                } else {
+                    finished.push(format!("f:{id}"));
+                }
+            }
+        }
+    }
+    queues.extend(finished);
+    queues
+}
+
+/// The events a notification payload stands for.
+pub(crate) fn parse_payload(p: &str) -> Vec<StoreEvent> {
+    if let Some(q) = p.strip_prefix("a:") {
+        return kyu_core::QueueName::new(q).map(StoreEvent::JobsAvailable).into_iter().collect();
+    }
+    if let Some(ids) = p.strip_prefix("f:") {
+        return ids.split(' ').filter_map(|id| kyu_core::JobId::new(id).ok()).map(StoreEvent::JobFinished).collect();
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kyu_core::{JobId, QueueName};
+
+    #[test]
+    fn payloads_round_trip_and_pack() {
+        let mut events = vec![StoreEvent::JobsAvailable(QueueName::new("q").unwrap()); 3];
+        for i in 0..2000 {
+            events.push(StoreEvent::JobFinished(JobId::new(format!("job-{i:05}")).unwrap()));
+        }
+        let p = payloads(events.clone());
+        assert_eq!(p[0], "a:q");
+        assert!(p.len() < 10, "ids are packed: {}", p.len());
+        assert!(p.iter().all(|x| x.len() <= 8000));
+        let back: Vec<StoreEvent> = p.iter().flat_map(|x| parse_payload(x)).collect();
+        assert_eq!(back.len(), 1 + 2000);
+    }
+}

@@ -1,0 +1,166 @@
+//! Behaviour particular to the PostgreSQL backend.
+
+use std::time::{Duration, Instant};
+
+use kyu_core::{Clock, JobSpec, JobState, Limits};
+use kyu_postgres::{PgOptions, PgStore};
+use kyu_store::{JobClaimParams, JobInsertManyParams, Outcome, Report, Store, StoreEvent};
+use serde_json::json;
+
+fn spec(queue: &str) -> kyu_core::NewJob {
+    JobSpec::new(queue, "k", json!({"n": 1})).validate(Clock::system().now(), &Limits::default()).unwrap()
+}
+
+async fn other_process_view(schema: &str) -> PgStore {
+    let opts = PgOptions { schema: Some(schema.to_owned()), pool_size: 4, ..PgOptions::default() };
+    PgStore::connect(&kyu_postgres::testing::test_url(), opts).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_in_a_caller_transaction_exists_only_if_it_commits() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let mut client = store.pool().get().await.unwrap();
+
+    let rolled_back = spec("tx");
+    let id = rolled_back.id.clone();
+    let tx = client.transaction().await.unwrap();
+    store.enqueue_in(&tx, vec![rolled_back]).await.unwrap();
+    assert!(store.job_get(&id).await.unwrap().is_none(), "invisible before commit");
+    tx.rollback().await.unwrap();
+    assert!(store.job_get(&id).await.unwrap().is_none(), "gone with the rollback");
+
+    let committed = spec("tx");
+    let id = committed.id.clone();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("CREATE TABLE app_orders (n int)", &[]).await.unwrap();
+    store.enqueue_in(&tx, vec![committed]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.job_get(&id).await.unwrap().unwrap().state, JobState::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_the_handler_transaction() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    store.job_insert_many(JobInsertManyParams { jobs: vec![spec("h")] }).await.unwrap();
+    let job = store
+        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("h").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    let report = || Report { id: job.id.clone(), token: job.token.clone(), outcome: Outcome::Complete { result: json!("done") } };
+    let mut client = store.pool().get().await.unwrap();
+    // The handler's transaction fails after reporting: the job stays running.
+    let tx = client.transaction().await.unwrap();
+    store.report_in(&tx, vec![report()]).await.unwrap().remove(0).unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(store.job_get(&job.id).await.unwrap().unwrap().state, JobState::Running);
+    // It succeeds: effects and completion commit together.
+    let tx = client.transaction().await.unwrap();
+    store.report_in(&tx, vec![report()]).await.unwrap().remove(0).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.job_get(&job.id).await.unwrap().unwrap().result, Some(json!("done")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_migrate_once() {
+    let schema = format!("kyu_t_{}", uuid_like());
+    let url = kyu_postgres::testing::test_url();
+    let opts = PgOptions { schema: Some(schema), pool_size: 2, ..PgOptions::default() };
+    let starts: Vec<_> = (0..4).map(|_| {
+        let (url, opts) = (url.clone(), opts.clone());
+        tokio::spawn(async move { PgStore::connect(&url, opts).await.map(|_| ()) })
+    }).collect();
+    for s in starts {
+        s.await.unwrap().expect("every node starts");
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:x}{:x}", std::process::id(), Instant::now().elapsed().as_nanos() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_other_nodes() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let other = other_process_view(&schema).await;
+    let mut events = other.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !other.is_listening() {
+        assert!(Instant::now() < deadline, "the LISTEN connection came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let job = spec("wake");
+    let id = job.id.clone();
+    store.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("notified").unwrap();
+    assert_eq!(ev, StoreEvent::JobsAvailable(kyu_core::QueueName::new("wake").unwrap()));
+    let claimed = store
+        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("wake").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    store
+        .job_report_many(vec![Report { id: id.clone(), token: claimed.token, outcome: Outcome::Complete { result: json!(1) } }])
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("notified").unwrap();
+        if ev == StoreEvent::JobFinished(id.clone()) {
+            break;
+        }
+    }
+}
+
+/// Many children finishing at the same instant, on separate connections,
+/// release their parent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_finishing_at_once_release_the_parent_once() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let n = 64;
+    let now = Clock::system().now();
+    let children: Vec<_> = (0..n).map(|_| JobSpec::new("kids", "k", json!(null)).validate(now, &Limits::default()).unwrap()).collect();
+    let mut parent = JobSpec::new("parents", "p", json!(null));
+    parent.depends_on = children.iter().map(|c| c.id.to_string()).collect();
+    let parent = parent.validate(now, &Limits::default()).unwrap();
+    let parent_id = parent.id.clone();
+    let mut jobs = children;
+    jobs.push(parent);
+    store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    let claimed = store
+        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("kids").unwrap()], worker: "w".into(), max: n, lease_ms: 60_000 })
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), n);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|j| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .job_report_many(vec![Report { id: j.id, token: j.token, outcome: Outcome::Complete { result: json!(1) } }])
+                    .await
+                    .unwrap()
+                    .remove(0)
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), JobState::Completed);
+    }
+    let parent = store.job_get(&parent_id).await.unwrap().unwrap();
+    assert_eq!(parent.state, JobState::Queued);
+    assert_eq!(parent.pending_dependencies, 0);
+    let got = store
+        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("parents").unwrap()], worker: "w".into(), max: 10, lease_ms: 60_000 })
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(got.len(), 1, "released exactly once");
+    assert_eq!(got[0].dependency_results.len(), n);
+}

@@ -1,0 +1,15 @@
+//! kyu-postgres's tests: the shared conformance suite, unchanged, plus what
+//! only PostgreSQL has. They need the server scripts/test starts.
+
+use kyu_postgres::PgStore;
+
+async fn fresh() -> (PgStore, String) {
+    kyu_postgres::testing::fresh_store().await
+}
+
+mod conformance {
+    use super::fresh;
+    kyu_storetest::conformance!(fresh);
+}
+
+mod postgres;
