@@ -24,6 +24,12 @@ pub struct Cli {
 pub enum Command {
     /// Enqueue a job.
     Enqueue(EnqueueArgs),
+    /// Enqueue many jobs atomically: a file (or - for stdin) holding
+    /// `{"jobs":[...]}` or one job object per line.
+    Batch {
+        /// The file; `-` reads stdin.
+        file: String,
+    },
     /// Show a job.
     Status {
         /// Job id.

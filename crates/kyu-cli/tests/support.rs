@@ -7,17 +7,41 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// Held by tests that load the machine (many processes) or measure latency,
+/// so they never run at the same time on a 2-core machine.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`HEAVY`], whether or not another holder panicked.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Kyu {
     pub dir: TempDir,
+    /// A PostgreSQL URL with a fresh schema, or None for a SQLite file.
+    pub url: Option<String>,
 }
 
 impl Kyu {
+    /// On a new SQLite file.
     pub fn new() -> Kyu {
-        Kyu { dir: tempfile::tempdir().unwrap() }
+        Kyu { dir: tempfile::tempdir().unwrap(), url: None }
     }
 
-    pub fn db(&self) -> PathBuf {
-        self.dir.path().join("kyu.db")
+    /// On the test PostgreSQL (scripts/test starts it), in a schema of its own.
+    pub fn postgres() -> Kyu {
+        let base = std::env::var("KYU_TEST_POSTGRES_URL")
+            .expect("KYU_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL");
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let schema = format!("kyu_cli_{}_{nanos}", std::process::id());
+        Kyu { dir: tempfile::tempdir().unwrap(), url: Some(format!("{base}?schema={schema}")) }
+    }
+
+    pub fn db(&self) -> String {
+        match &self.url {
+            Some(u) => u.clone(),
+            None => self.dir.path().join("kyu.db").display().to_string(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -58,17 +82,35 @@ impl Kyu {
         self.json(&["status", id])
     }
 
-    /// Waits until `count(state)` jobs on the whole store reach `n`.
+    /// How many jobs of all queues are in `state`.
+    pub fn count(&self, state: &str) -> u64 {
+        let queues = self.json(&["queues"]);
+        queues["queues"].as_array().unwrap().iter().map(|q| q["counts"][state].as_u64().unwrap()).sum()
+    }
+
+    /// Waits until `n` jobs of the whole store are in `state`.
     pub fn wait_count(&self, state: &str, n: usize) {
         let start = Instant::now();
         loop {
-            let jobs = self.json(&["jobs", "--state", state, "--limit", "1000"]);
-            let got = jobs["jobs"].as_array().unwrap().len();
+            let got = self.count(state) as usize;
             if got >= n {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "only {got} of {n} jobs reached {state}");
+            assert!(start.elapsed() < Duration::from_secs(120), "only {got} of {n} jobs reached {state}");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a spawned command's log contains `needle`.
+    pub fn wait_log(&self, log: &str, needle: &str) {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.path(&format!("{log}.log"))).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{log} never logged `{needle}`: {text}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

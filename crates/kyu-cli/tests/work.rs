@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Kyu, terminate};
+use crate::support::{Kyu, heavy, terminate};
 
 #[test]
 fn command_success_result_and_environment() {
@@ -68,6 +68,7 @@ fn result_wait_sees_another_process_finish_the_job() {
 /// attempt counted and recorded as a lost lease.
 #[test]
 fn sigkilled_worker_jobs_complete_exactly_once_elsewhere() {
+    let _heavy = heavy();
     let k = Kyu::new();
     for i in 0..8 {
         k.ok(&["enqueue", "crash", "job", &format!("{{\"i\":{i}}}"), "--id", &format!("j{i}")]);
@@ -117,6 +118,7 @@ fn sigkilled_worker_jobs_complete_exactly_once_elsewhere() {
 /// two of them.
 #[test]
 fn racing_worker_processes_never_share_a_job() {
+    let _heavy = heavy();
     let k = Kyu::new();
     let n = 150;
     for i in 0..n {

@@ -35,6 +35,19 @@ mod tx;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_parameter_is_taken_out_of_the_url() {
+        assert_eq!(super::split_schema("postgres://h/db"), ("postgres://h/db".into(), None));
+        assert_eq!(super::split_schema("postgres://h/db?schema=kyu"), ("postgres://h/db".into(), Some("kyu".into())));
+        assert_eq!(
+            super::split_schema("postgres://h/db?sslmode=disable&schema=k2"),
+            ("postgres://h/db?sslmode=disable".into(), Some("k2".into()))
+        );
+    }
+}
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,8 +130,15 @@ macro_rules! in_tx {
 impl PgStore {
     /// Connects to `url`, brings the schema up to date (safe when several
     /// nodes start at once), and starts listening for notifications.
-    pub async fn connect(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
+    ///
+    /// A `schema=NAME` query parameter in the URL (`postgres://host/db?schema=kyu`)
+    /// puts kyu's tables in that schema, like [`PgOptions::schema`].
+    pub async fn connect(url: &str, mut opts: PgOptions) -> Result<PgStore, StoreError> {
+        let (url, schema) = split_schema(url);
+        if schema.is_some() {
+            opts.schema = schema;
+        }
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}").into()))?;
         if let Some(schema) = &opts.schema {
             if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
@@ -154,6 +174,13 @@ impl PgStore {
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
     }
 
+    /// Drops a schema and everything in it (what `kyu bench` does with the
+    /// scratch schema it measured in).
+    pub async fn drop_schema(&self, schema: &str) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", migrate::quote_ident(schema))).await.db()
+    }
+
     /// Enqueues inside the caller's transaction: the jobs exist if and only
     /// if `tx` commits, and waiters are notified only then.
     pub async fn enqueue_in(&self, tx: &tokio_postgres::Transaction<'_>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
@@ -185,6 +212,25 @@ impl PgStore {
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::Relaxed)
     }
+}
+
+/// Takes kyu's own `schema=` parameter out of a URL, which the driver would
+/// refuse as unknown.
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(s) => {
+                schema = Some(s.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    (url, schema)
 }
 
 impl Store for PgStore {

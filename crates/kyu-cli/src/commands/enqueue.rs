@@ -55,6 +55,57 @@ pub async fn enqueue<S: Store>(store: &S, a: EnqueueArgs, json: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kyu batch`: all the jobs of a file in one atomic insert.
+pub async fn batch<S: Store>(store: &S, file: &str, json: bool) -> Result<ExitCode, CliError> {
+    let text = if file == "-" {
+        let mut t = String::new();
+        std::io::stdin().read_to_string(&mut t).map_err(|e| CliError::Failed(e.into()))?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CliError::Usage(format!("cannot read {file}: {e}")))?
+    };
+    let specs = parse_specs(&text)?;
+    if specs.is_empty() {
+        return Err(CliError::Usage(format!("{file} holds no jobs")));
+    }
+    let now = store.clock().now();
+    let mut jobs = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        jobs.push(spec.validate(now, &Limits::default()).map_err(|e| CliError::Usage(format!("job {i}: {e}")))?);
+    }
+    let n = jobs.len();
+    let started = std::time::Instant::now();
+    let inserted = store.job_insert_many(JobInsertManyParams { jobs }).await?;
+    if json {
+        let ids: Vec<&str> = inserted.iter().map(|i| i.id.as_str()).collect();
+        output::json(&serde_json::json!({ "ids": ids }));
+    } else {
+        let dups = inserted.iter().filter(|i| i.duplicate).count();
+        println!("{} jobs enqueued in {:.0?} ({dups} duplicates)", n - dups, started.elapsed());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `{"jobs":[...]}` as the HTTP API takes it, or one job object per line.
+fn parse_specs(text: &str) -> Result<Vec<JobSpec>, CliError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch {
+        jobs: Vec<JobSpec>,
+    }
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') && trimmed.contains("\"jobs\"") {
+        if let Ok(b) = serde_json::from_str::<Batch>(trimmed) {
+            return Ok(b.jobs);
+        }
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| CliError::Usage(format!("line {}: not a job: {e}", i + 1))))
+        .collect()
+}
+
 fn parse_payload(text: &str) -> Result<Value, CliError> {
     serde_json::from_str(text).map_err(|e| CliError::Usage(format!("payload is not valid JSON: {e}")))
 }

@@ -21,18 +21,27 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         return bench::bench(cli.database.as_deref(), a, cli.json).await;
     }
     let db = cli.database.clone().unwrap_or_else(|| "./kyu.db".into());
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        return Err(CliError::Usage("PostgreSQL support is not built into this kyu yet".into()));
+    if is_postgres(&db) {
+        let store = kyu_postgres::PgStore::connect(&db, kyu_postgres::PgOptions::default())
+            .await
+            .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
+        return run(store, cli).await;
     }
     let store = kyu_sqlite::SqliteStore::open(&db, kyu_sqlite::SqliteOptions::default())
         .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
     run(store, cli).await
 }
 
+/// `postgres://` and `postgresql://` URLs name PostgreSQL; anything else is a SQLite path.
+pub fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
 async fn run<S: Store>(store: S, cli: Cli) -> Result<ExitCode, CliError> {
     let json = cli.json;
     match cli.command {
         Command::Enqueue(a) => enqueue::enqueue(&store, a, json).await,
+        Command::Batch { file } => enqueue::batch(&store, &file, json).await,
         Command::Status { id } => inspect::status(&store, &job_id(&id)?, json).await,
         Command::Result { id, wait } => inspect::result(&store, &job_id(&id)?, wait, json).await,
         Command::Jobs(a) => inspect::jobs(&store, a, json).await,
