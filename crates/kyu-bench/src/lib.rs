@@ -6,6 +6,7 @@
 //! (jobs/s) or latencies (ms); the caller repeats runs and reports medians.
 
 pub mod baseline;
+pub mod pgbench;
 pub mod workloads;
 
 use serde::Serialize;

@@ -20,7 +20,7 @@ async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(i64, JobState)
     Ok((row.try_get(0).db()?, state_of(row.try_get(1).db()?)?))
 }
 
-pub(crate) async fn cancel<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
+pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
     let (seq, state) = lock_job(tx, id).await?;
     match state {
         s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
@@ -37,7 +37,7 @@ pub(crate) async fn cancel<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Jo
             )
             .await
             .db()?;
-            tx.events.push(StoreEvent::JobFinished(id.clone()));
+            tx.event(StoreEvent::JobFinished(id.clone()));
             fail_dependents(tx, seq, id).await?;
         }
     }
@@ -48,18 +48,18 @@ pub(crate) async fn cancel<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Jo
 const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = $1, finished_at = NULL, expires_at = NULL, \
      cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0";
 
-pub(crate) async fn retry<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
+pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
     let (seq, state) = lock_job(tx, id).await?;
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
     tx.c.execute(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = $2"), &[&tx.now_ts, &seq]).await.db()?;
     let job = job_must(tx.c, id).await?;
-    tx.events.push(StoreEvent::JobsAvailable(job.queue.clone()));
+    tx.event(StoreEvent::JobsAvailable(job.queue.clone()));
     Ok(job)
 }
 
-pub(crate) async fn retry_many<C: Conn>(tx: &mut Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
     let state = p.state.unwrap_or(JobState::Failed);
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(ValidationError::new("state", "must be failed or cancelled").into());
@@ -93,11 +93,13 @@ pub(crate) async fn retry_many<C: Conn>(tx: &mut Tx<'_, C>, p: JobRetryManyParam
     let count = queues.len() as u64;
     queues.sort();
     queues.dedup();
-    tx.events.extend(queues.into_iter().filter_map(|q| QueueName::new(q).ok()).map(StoreEvent::JobsAvailable));
+    for q in queues.into_iter().filter_map(|q| QueueName::new(q).ok()) {
+        tx.event(StoreEvent::JobsAvailable(q));
+    }
     Ok(count)
 }
 
-pub(crate) async fn delete<C: Conn>(tx: &mut Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {
+pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {
     let (seq, state) = lock_job(tx, id).await?;
     if state == JobState::Running {
         return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
@@ -117,7 +119,7 @@ async fn remove<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError>
 
 /// Deletes up to `batch` finished jobs whose retention has passed; `SKIP
 /// LOCKED` lets every node prune at once without waiting on another.
-pub(crate) async fn prune<C: Conn>(tx: &mut Tx<'_, C>, batch: usize) -> Result<u64, StoreError> {
+pub(crate) async fn prune<C: Conn>(tx: &Tx<'_, C>, batch: usize) -> Result<u64, StoreError> {
     let rows = tx
         .c
         .query(
@@ -135,7 +137,7 @@ pub(crate) async fn prune<C: Conn>(tx: &mut Tx<'_, C>, batch: usize) -> Result<u
     Ok(seqs.len() as u64)
 }
 
-pub(crate) async fn queue_update<C: Conn>(tx: &mut Tx<'_, C>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+pub(crate) async fn queue_update<C: Conn>(tx: &Tx<'_, C>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
     if let Some(Some(c)) = p.concurrency
         && c < 0
     {
@@ -161,7 +163,7 @@ pub(crate) async fn queue_update<C: Conn>(tx: &mut Tx<'_, C>, p: QueueUpdatePara
     if let Some(paused) = p.paused {
         tx.c.execute("UPDATE kyu_queues SET paused = $2 WHERE name = $1", &[&name, &paused]).await.db()?;
         if !paused {
-            tx.events.push(StoreEvent::JobsAvailable(p.name.clone()));
+            tx.event(StoreEvent::JobsAvailable(p.name.clone()));
         }
     }
     if let Some(c) = p.concurrency {

@@ -64,7 +64,7 @@ fn queue_name(q: &str) -> QueueName {
 }
 
 pub(crate) async fn report_many<C: Conn>(
-    tx: &mut Tx<'_, C>,
+    tx: &Tx<'_, C>,
     reports: Vec<Report>,
 ) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
     let mut out: Vec<Option<Result<JobState, StoreError>>> = (0..reports.len()).map(|_| None).collect();
@@ -102,7 +102,7 @@ pub(crate) async fn report_many<C: Conn>(
                     if has_dependents {
                         release_dependents(tx, seq, false).await?;
                     }
-                    tx.events.push(StoreEvent::JobFinished(reports[i].id.clone()));
+                    tx.event(StoreEvent::JobFinished(reports[i].id.clone()));
                     Ok(JobState::Completed)
                 }
                 // Not updated: say why (stale token, terminal, unknown).
@@ -121,7 +121,7 @@ pub(crate) async fn report_many<C: Conn>(
 }
 
 /// A failure or a snooze: decided per job, from its attempt and policy.
-async fn report_other<C: Conn>(tx: &mut Tx<'_, C>, r: Report) -> Result<JobState, StoreError> {
+async fn report_other<C: Conn>(tx: &Tx<'_, C>, r: Report) -> Result<JobState, StoreError> {
     let h = held(tx, &r.id, &r.token).await?;
     match r.outcome {
         Outcome::Complete { .. } => unreachable!("completions are batched"),
@@ -142,7 +142,7 @@ async fn report_other<C: Conn>(tx: &mut Tx<'_, C>, r: Report) -> Result<JobState
             )
             .await
             .db()?;
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
+            tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
     }
@@ -150,7 +150,7 @@ async fn report_other<C: Conn>(tx: &mut Tx<'_, C>, r: Report) -> Result<JobState
 
 /// Ends a failed attempt: back to the queue for a retry, or terminal.
 pub(crate) async fn end_attempt<C: Conn>(
-    tx: &mut Tx<'_, C>,
+    tx: &Tx<'_, C>,
     h: &Held,
     next: AfterFailure,
     error: Option<&str>,
@@ -165,7 +165,7 @@ pub(crate) async fn end_attempt<C: Conn>(
                  WHERE seq = $1"
             );
             tx.c.execute(&sql, &[&h.seq, &state.as_str(), &ts(run_at), &tx.now_str, &error]).await.db()?;
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
+            tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
         AfterFailure::Final(state) => {
@@ -175,7 +175,7 @@ pub(crate) async fn end_attempt<C: Conn>(
             );
             let expiry = tx.failed_expiry();
             tx.c.execute(&sql, &[&h.seq, &state.as_str(), &tx.now_ts, &tx.now_str, &error, &expiry]).await.db()?;
-            tx.events.push(StoreEvent::JobFinished(h.id.clone()));
+            tx.event(StoreEvent::JobFinished(h.id.clone()));
             if h.has_dependents {
                 fail_dependents(tx, h.seq, &h.id).await?;
             }
@@ -190,7 +190,7 @@ pub(crate) async fn end_attempt<C: Conn>(
 /// on the dependent's row lock, and READ COMMITTED re-reads the row after the
 /// wait, so a parent is released exactly once however its children race.
 pub(crate) async fn release_dependents<C: Conn>(
-    tx: &mut Tx<'_, C>,
+    tx: &Tx<'_, C>,
     dep_seq: i64,
     only_continuing: bool,
 ) -> Result<(), StoreError> {
@@ -210,7 +210,7 @@ pub(crate) async fn release_dependents<C: Conn>(
     for r in rows {
         let state = state_of(r.try_get(1).db()?)?;
         if state != JobState::Waiting {
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
+            tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
         }
     }
     Ok(())
@@ -218,7 +218,7 @@ pub(crate) async fn release_dependents<C: Conn>(
 
 /// Job `seq` ended failed or cancelled: dependents that continue on failure
 /// are released; the others fail, naming it, and so on down the tree.
-pub(crate) async fn fail_dependents<C: Conn>(tx: &mut Tx<'_, C>, seq: i64, id: &JobId) -> Result<(), StoreError> {
+pub(crate) async fn fail_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Result<(), StoreError> {
     let expiry = tx.failed_expiry();
     let mut work = vec![(seq, id.clone())];
     while let Some((seq, id)) = work.pop() {
@@ -238,7 +238,7 @@ pub(crate) async fn fail_dependents<C: Conn>(tx: &mut Tx<'_, C>, seq: i64, id: &
             .db()?;
         for r in rows {
             let id = job_id(r.try_get(1).db()?)?;
-            tx.events.push(StoreEvent::JobFinished(id.clone()));
+            tx.event(StoreEvent::JobFinished(id.clone()));
             work.push((r.try_get(0).db()?, id));
         }
     }
@@ -246,7 +246,7 @@ pub(crate) async fn fail_dependents<C: Conn>(tx: &mut Tx<'_, C>, seq: i64, id: &
 }
 
 pub(crate) async fn heartbeat_many<C: Conn>(
-    tx: &mut Tx<'_, C>,
+    tx: &Tx<'_, C>,
     p: JobHeartbeatParams,
 ) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
     let lease = tx.now.plus_ms(p.lease_ms);
@@ -275,7 +275,7 @@ pub(crate) async fn heartbeat_many<C: Conn>(
     Ok(out)
 }
 
-pub(crate) async fn save<C: Conn>(tx: &mut Tx<'_, C>, p: JobSaveParams) -> Result<(), StoreError> {
+pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<(), StoreError> {
     let n = tx
         .c
         .execute(
@@ -294,7 +294,7 @@ pub(crate) async fn save<C: Conn>(tx: &mut Tx<'_, C>, p: JobSaveParams) -> Resul
 /// Expired leases end like failed attempts; due scheduled jobs become
 /// queued. `SKIP LOCKED`, so every node can run it at once without waiting
 /// on the others.
-pub(crate) async fn rescue<C: Conn>(tx: &mut Tx<'_, C>) -> Result<RescueCounts, StoreError> {
+pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
         "SELECT {HELD_COLUMNS} FROM kyu_jobs WHERE state = 'running' AND lease_expires_at < $1 \
          ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
@@ -312,7 +312,7 @@ pub(crate) async fn rescue<C: Conn>(tx: &mut Tx<'_, C>) -> Result<RescueCounts, 
 }
 
 /// Scheduled jobs whose time has come become queued (of these queues, or all).
-pub(crate) async fn promote_due<C: Conn>(tx: &mut Tx<'_, C>, queues: Option<&[String]>) -> Result<u64, StoreError> {
+pub(crate) async fn promote_due<C: Conn>(tx: &Tx<'_, C>, queues: Option<&[String]>) -> Result<u64, StoreError> {
     let rows = tx
         .c
         .query(
@@ -326,7 +326,7 @@ pub(crate) async fn promote_due<C: Conn>(tx: &mut Tx<'_, C>, queues: Option<&[St
         .await
         .db()?;
     for r in &rows {
-        tx.events.push(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
+        tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
     }
     Ok(rows.len() as u64)
 }

@@ -118,7 +118,7 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
     rows.iter().map(|row| Ok((row.try_get(0).db()?, row.try_get(1).db()?))).collect()
 }
 
-pub(crate) async fn insert_many<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+pub(crate) async fn insert_many<C: Conn>(tx: &Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
     if jobs.iter().all(|j| j.unique_key.is_none() && j.depends_on.is_empty()) {
         insert_plain(tx, jobs).await
     } else {
@@ -131,7 +131,7 @@ pub(crate) async fn insert_many<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) 
 }
 
 /// No unique keys, no dependencies: the whole batch in one statement.
-async fn insert_plain<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+async fn insert_plain<C: Conn>(tx: &Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
     let mut rows = Rows::default();
     let states: Vec<JobState> = jobs.iter().map(|j| runnable_state(tx.now, j.run_at)).collect();
     for (job, state) in jobs.iter().zip(&states) {
@@ -170,7 +170,7 @@ async fn insert_plain<C: Conn>(tx: &mut Tx<'_, C>, jobs: Vec<NewJob>) -> Result<
 
 /// With a unique key or dependencies: checked one job at a time, under locks
 /// that keep concurrent producers and finishing dependencies consistent.
-async fn insert_one<C: Conn>(tx: &mut Tx<'_, C>, job: NewJob) -> Result<Inserted, StoreError> {
+async fn insert_one<C: Conn>(tx: &Tx<'_, C>, job: NewJob) -> Result<Inserted, StoreError> {
     if let Some(key) = &job.unique_key {
         // Two producers with the same key must not both see "free".
         tx.c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[key]).await.db()?;
@@ -236,7 +236,7 @@ async fn insert_one<C: Conn>(tx: &mut Tx<'_, C>, job: NewJob) -> Result<Inserted
             .db()?;
     }
     if state == JobState::Failed {
-        tx.events.push(StoreEvent::JobFinished(job.id.clone()));
+        tx.event(StoreEvent::JobFinished(job.id.clone()));
     }
     Ok(Inserted { id: job.id, state, duplicate: false })
 }

@@ -118,7 +118,7 @@ macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {{
         let mut client = $store.inner.pool.get().await.map_err(pool_err)?;
         let t = client.transaction().await.db()?;
-        let mut $tx = Tx::new(&t, $store.inner.clock.now(), &$store.inner.settings);
+        let $tx = Tx::new(&t, $store.inner.clock.now(), &$store.inner.settings);
         let out = $body?;
         $tx.notify().await?;
         drop($tx);
@@ -184,8 +184,8 @@ impl PgStore {
     /// Enqueues inside the caller's transaction: the jobs exist if and only
     /// if `tx` commits, and waiters are notified only then.
     pub async fn enqueue_in(&self, tx: &tokio_postgres::Transaction<'_>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
-        let mut t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
-        let out = insert::insert_many(&mut t, jobs).await?;
+        let t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
+        let out = insert::insert_many(&t, jobs).await?;
         t.notify().await?;
         Ok(out)
     }
@@ -197,8 +197,8 @@ impl PgStore {
         tx: &tokio_postgres::Transaction<'_>,
         reports: Vec<Report>,
     ) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
-        let mut t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
-        let out = finish::report_many(&mut t, reports).await?;
+        let t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
+        let out = finish::report_many(&t, reports).await?;
         t.notify().await?;
         Ok(out)
     }
@@ -240,17 +240,17 @@ impl Store for PgStore {
             // One statement that inserts, creates queues and notifies: it is
             // atomic on its own, so no explicit transaction (one round trip).
             let client = self.inner.pool.get().await.map_err(pool_err)?;
-            let mut t = Tx::new(&client, self.inner.clock.now(), &self.inner.settings);
-            return insert::insert_many(&mut t, p.jobs).await;
+            let t = Tx::new(&client, self.inner.clock.now(), &self.inner.settings);
+            return insert::insert_many(&t, p.jobs).await;
         }
-        in_tx!(self, tx => insert::insert_many(&mut tx, p.jobs).await)
+        in_tx!(self, tx => insert::insert_many(&tx, p.jobs).await)
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
         if p.max == 0 || p.queues.is_empty() {
             return Ok(ClaimResult::default());
         }
-        in_tx!(self, tx => claim::claim(&mut tx, p).await)
+        in_tx!(self, tx => claim::claim(&tx, p).await)
     }
 
     async fn job_report_and_claim(
@@ -258,23 +258,19 @@ impl Store for PgStore {
         reports: Vec<Report>,
         p: JobClaimParams,
     ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
-        in_tx!(self, tx => async {
-            let reported = if reports.is_empty() { Vec::new() } else { finish::report_many(&mut tx, reports).await? };
-            let claimed = if p.max == 0 || p.queues.is_empty() { ClaimResult::default() } else { claim::claim(&mut tx, p).await? };
-            Ok::<_, StoreError>((reported, claimed))
-        }.await)
+        in_tx!(self, tx => claim::report_and_claim(&tx, reports, p).await)
     }
 
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
-        in_tx!(self, tx => finish::report_many(&mut tx, reports).await)
+        in_tx!(self, tx => finish::report_many(&tx, reports).await)
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
-        in_tx!(self, tx => finish::heartbeat_many(&mut tx, p).await)
+        in_tx!(self, tx => finish::heartbeat_many(&tx, p).await)
     }
 
     async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {
-        in_tx!(self, tx => finish::save(&mut tx, p).await)
+        in_tx!(self, tx => finish::save(&tx, p).await)
     }
 
     async fn job_get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -288,27 +284,27 @@ impl Store for PgStore {
     }
 
     async fn job_cancel(&self, id: &JobId) -> Result<Job, StoreError> {
-        in_tx!(self, tx => admin::cancel(&mut tx, id).await)
+        in_tx!(self, tx => admin::cancel(&tx, id).await)
     }
 
     async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
-        in_tx!(self, tx => admin::retry(&mut tx, id).await)
+        in_tx!(self, tx => admin::retry(&tx, id).await)
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
-        in_tx!(self, tx => admin::retry_many(&mut tx, p).await)
+        in_tx!(self, tx => admin::retry_many(&tx, p).await)
     }
 
     async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
-        in_tx!(self, tx => admin::delete(&mut tx, id).await)
+        in_tx!(self, tx => admin::delete(&tx, id).await)
     }
 
     async fn job_rescue(&self) -> Result<RescueCounts, StoreError> {
-        in_tx!(self, tx => finish::rescue(&mut tx).await)
+        in_tx!(self, tx => finish::rescue(&tx).await)
     }
 
     async fn job_prune(&self, p: JobPruneParams) -> Result<u64, StoreError> {
-        in_tx!(self, tx => admin::prune(&mut tx, p.batch).await)
+        in_tx!(self, tx => admin::prune(&tx, p.batch).await)
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
@@ -317,7 +313,7 @@ impl Store for PgStore {
     }
 
     async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
-        in_tx!(self, tx => admin::queue_update(&mut tx, p).await)
+        in_tx!(self, tx => admin::queue_update(&tx, p).await)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

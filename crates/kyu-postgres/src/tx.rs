@@ -2,6 +2,7 @@
 //! store's own, or a caller's), the transaction's time, and events to send
 //! with NOTIFY before it commits.
 
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use kyu_core::Millis;
@@ -25,12 +26,19 @@ pub(crate) struct Tx<'a, C: Conn> {
     pub now_ts: SystemTime,
     pub now_str: String,
     pub settings: &'a Settings,
-    pub events: Vec<StoreEvent>,
+    /// Behind a lock so independent statements of one transaction can run
+    /// pipelined (several futures sharing `&Tx`).
+    events: Mutex<Vec<StoreEvent>>,
 }
 
 impl<'a, C: Conn> Tx<'a, C> {
     pub fn new(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
-        Tx { c, now, now_ts: ts(now), now_str: now.to_rfc3339(), settings, events: Vec::new() }
+        Tx { c, now, now_ts: ts(now), now_str: now.to_rfc3339(), settings, events: Mutex::new(Vec::new()) }
+    }
+
+    /// Records an event to send when the transaction commits.
+    pub fn event(&self, e: StoreEvent) {
+        self.events.lock().expect("events").push(e);
     }
 
     pub fn failed_expiry(&self) -> SystemTime {
@@ -41,8 +49,8 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// when (and only if) the transaction commits. Each distinct payload is
     /// sent once, and finished ids are packed many to a notification, since
     /// every NOTIFY takes a global lock at commit.
-    pub async fn notify(&mut self) -> Result<(), StoreError> {
-        let payloads = payloads(std::mem::take(&mut self.events));
+    pub async fn notify(&self) -> Result<(), StoreError> {
+        let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
         if payloads.is_empty() {
             return Ok(());
         }
