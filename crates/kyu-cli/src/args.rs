@@ -12,6 +12,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "KYU_DATABASE_URL")]
     pub database: Option<String>,
 
+    /// Talk to a kyu server instead of opening the database.
+    #[arg(long, global = true, env = "KYU_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Bearer token for --url.
+    #[arg(long = "auth", global = true, env = "KYU_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub auth: Option<String>,
+
     /// Print exactly the JSON the HTTP API returns for the same call.
     #[arg(long, global = true)]
     pub json: bool,
@@ -22,6 +30,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server: HTTP API, worker protocol, dashboard, lease rescue and pruning.
+    Server(ServerArgs),
     /// Enqueue a job.
     Enqueue(EnqueueArgs),
     /// Enqueue many jobs atomically: a file (or - for stdin) holding
@@ -81,8 +91,37 @@ pub enum Command {
 impl Command {
     /// Commands that run until stopped log at info level by default.
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Work(_) | Command::Bench(_))
+        matches!(self, Command::Work(_) | Command::Bench(_) | Command::Server(_))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KYU_LISTEN", default_value = "127.0.0.1:7700", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// API token as ROLE:SECRET, role admin, producer or worker (repeatable;
+    /// KYU_TOKENS takes a comma-separated list).
+    #[arg(long = "token", env = "KYU_TOKENS", value_delimiter = ',', hide_env_values = true, value_name = "ROLE:SECRET")]
+    pub tokens: Vec<String>,
+    /// Allow listening beyond loopback without tokens.
+    #[arg(long, env = "KYU_INSECURE")]
+    pub insecure: bool,
+    /// How long completed jobs are kept by default.
+    #[arg(long, env = "KYU_KEEP_RESULT", value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
+    pub keep_result: Duration,
+    /// How long failed and cancelled jobs are kept.
+    #[arg(long, env = "KYU_KEEP_FAILED", value_parser = parse_duration, default_value = "7d", value_name = "DURATION")]
+    pub keep_failed: Duration,
+    /// Largest payload (and result, checkpoint, progress), in bytes.
+    #[arg(long, env = "KYU_MAX_PAYLOAD", default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_payload: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KYU_MAX_BODY", default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Print the settings in force and where each came from, then exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Debug, Args)]

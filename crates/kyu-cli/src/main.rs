@@ -9,14 +9,17 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::Cli;
 use crate::error::CliError;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Parsed in two steps so `server --print-config` can tell where each
+    // setting came from (flag, environment, default).
+    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
+        Ok(both) => both,
         Err(e) => {
             // clap prints help and version to stdout with exit 0, errors with 2.
             let _ = e.print();
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    match runtime.block_on(commands::dispatch(cli, matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kyu: {e}");

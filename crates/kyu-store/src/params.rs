@@ -13,7 +13,7 @@ pub struct JobInsertManyParams {
 }
 
 /// One inserted (or found duplicate) job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inserted {
     /// The job's id: the new job's, or the existing one's for a duplicate.
     pub id: JobId,
@@ -129,7 +129,7 @@ pub struct JobListParams {
 }
 
 /// One page of jobs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<Job>,

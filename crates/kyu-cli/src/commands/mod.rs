@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod enqueue;
 mod inspect;
+mod server;
 mod work;
 
 use std::process::ExitCode;
@@ -16,20 +17,31 @@ use crate::args::{Cli, Command};
 use crate::error::CliError;
 
 /// Opens the store the arguments name and runs the command on it.
-pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+pub async fn dispatch(cli: Cli, matches: clap::ArgMatches) -> Result<ExitCode, CliError> {
     if let Command::Bench(a) = &cli.command {
         return bench::bench(cli.database.as_deref(), a, cli.json).await;
     }
     let db = cli.database.clone().unwrap_or_else(|| "./kyu.db".into());
+    if let Command::Server(a) = &cli.command {
+        let sub = matches.subcommand_matches("server").cloned().unwrap_or_default();
+        return server::server(&db, &matches, &sub, a).await;
+    }
+    if let Some(url) = cli.url.clone() {
+        if cli.database.is_some() {
+            return Err(CliError::Usage("give --url or --database, not both".into()));
+        }
+        let store = kyu_client::HttpStore::new(&url, cli.auth.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
+        return run(store, cli, true).await;
+    }
     if is_postgres(&db) {
         let store = kyu_postgres::PgStore::connect(&db, kyu_postgres::PgOptions::default())
             .await
             .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
-        return run(store, cli).await;
+        return run(store, cli, false).await;
     }
     let store = kyu_sqlite::SqliteStore::open(&db, kyu_sqlite::SqliteOptions::default())
         .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
-    run(store, cli).await
+    run(store, cli, false).await
 }
 
 /// `postgres://` and `postgresql://` URLs name PostgreSQL; anything else is a SQLite path.
@@ -37,7 +49,7 @@ pub fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
-async fn run<S: Store>(store: S, cli: Cli) -> Result<ExitCode, CliError> {
+async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, CliError> {
     let json = cli.json;
     match cli.command {
         Command::Enqueue(a) => enqueue::enqueue(&store, a, json).await,
@@ -51,8 +63,8 @@ async fn run<S: Store>(store: S, cli: Cli) -> Result<ExitCode, CliError> {
         Command::Delete { id } => admin::delete(&store, &job_id(&id)?).await,
         Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
         Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
-        Command::Work(a) => work::work(store, a).await,
-        Command::Bench(_) => unreachable!("dispatched before a store is opened"),
+        Command::Work(a) => work::work(store, a, remote).await,
+        Command::Bench(_) | Command::Server(_) => unreachable!("dispatched before a store is opened"),
     }
 }
 

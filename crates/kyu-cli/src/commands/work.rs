@@ -23,7 +23,10 @@ use crate::error::CliError;
 /// How much of stderr becomes the error message.
 const STDERR_TAIL: usize = 2000;
 
-pub async fn work<S: Store>(store: S, a: WorkArgs) -> Result<ExitCode, CliError> {
+/// `remote`: the store is a server (`--url`), which long-polls claims and
+/// runs lease rescue itself, so this worker neither sleeps between claims
+/// nor runs maintenance.
+pub async fn work<S: Store>(store: S, a: WorkArgs, remote: bool) -> Result<ExitCode, CliError> {
     let concurrency = a.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     if concurrency == 0 || a.batch == Some(0) {
         return Err(CliError::Usage("--concurrency and --batch must be at least 1".into()));
@@ -39,8 +42,9 @@ pub async fn work<S: Store>(store: S, a: WorkArgs) -> Result<ExitCode, CliError>
         concurrency,
         batch: a.batch.unwrap_or(concurrency),
         lease: a.lease,
-        poll_interval: a.poll,
+        poll_interval: if remote { std::time::Duration::ZERO } else { a.poll },
         shutdown_grace: a.grace,
+        maintenance: if remote { None } else { defaults.maintenance },
         ..defaults
     };
     let stop = CancellationToken::new();
@@ -76,26 +80,13 @@ pub async fn work<S: Store>(store: S, a: WorkArgs) -> Result<ExitCode, CliError>
     );
     let signals = stop.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::commands::server::shutdown_signal().await;
         tracing::info!("stopping: no new jobs; waiting for running commands");
         signals.cancel();
     });
     worker.run(stop).await;
     tracing::info!(jobs = finished.load(Ordering::SeqCst), "kyu work stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run_command(cmd: &[String], payload: Value, ctx: &JobContext) -> Result<Value, JobError> {

@@ -1,0 +1,323 @@
+//! kyu-client: a [`Store`] that talks to a kyu server over HTTP.
+//!
+//! The CLI uses it when given `--url`, and a Rust worker can run against a
+//! remote server with it unchanged: `Worker::builder(HttpStore::new(url, token)?)`.
+//! Claims long-poll on the server (so a worker should poll with interval 0),
+//! and lease rescue and pruning are the server's job, so those two calls
+//! do nothing here.
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kyu_core::{ClaimedJob, Clock, Job, JobId, JobSpec, NewJob, QueueInfo, ValidationError};
+use kyu_store::*;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// A kyu server as a store.
+#[derive(Clone)]
+pub struct HttpStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    clock: Clock,
+    events: broadcast::Sender<StoreEvent>,
+    claim_wait_ms: u64,
+}
+
+impl HttpStore {
+    /// A store on the server at `url` (e.g. `http://127.0.0.1:7700`), with an
+    /// optional bearer token.
+    pub fn new(url: &str, token: Option<String>) -> Result<HttpStore, StoreError> {
+        if !url.starts_with("http://") {
+            return Err(StoreError::Backend(format!("`{url}`: the URL must start with http:// (TLS belongs to a proxy in front)").into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let (events, _) = broadcast::channel(1);
+        Ok(HttpStore {
+            inner: Arc::new(Inner {
+                base: url.trim_end_matches('/').to_owned(),
+                token,
+                http,
+                clock: Clock::system(),
+                events,
+                claim_wait_ms: 5_000,
+            }),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T, StoreError> {
+        let mut req = self.inner.http.request(method, format!("{}{path}", self.inner.base));
+        if let Some(t) = &self.inner.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_value(Value::Null).map_err(|e| StoreError::Backend(Box::new(e)));
+        }
+        let text = resp.text().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("unreadable answer: {e}").into()));
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        Err(match status {
+            StatusCode::NOT_FOUND => StoreError::NotFound(message.trim_end_matches(" not found").to_owned()),
+            StatusCode::CONFLICT => StoreError::Conflict(message),
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => {
+                let (field, msg) = message.split_once(": ").unwrap_or(("request", message.as_str()));
+                StoreError::Invalid(ValidationError::new(field, msg))
+            }
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+                StoreError::Unavailable(message.into())
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Backend(format!("{status}: {message}").into()),
+            _ => StoreError::Backend(format!("{status}: {message}").into()),
+        })
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, StoreError> {
+        self.call(Method::POST, path, Some(&body)).await
+    }
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A validated job back in the wire form the server validates again.
+fn spec_of(job: NewJob) -> Result<JobSpec, StoreError> {
+    Ok(JobSpec {
+        id: Some(job.id.to_string()),
+        queue: Some(job.queue.to_string()),
+        kind: job.kind,
+        payload: serde_json::from_str(&job.payload).map_err(|e| StoreError::Backend(Box::new(e)))?,
+        priority: Some(job.priority),
+        run_at: Some(job.run_at.to_rfc3339()),
+        delay_ms: None,
+        max_attempts: Some(job.max_attempts),
+        backoff: Some(job.backoff),
+        timeout_ms: job.timeout_ms,
+        unique_key: job.unique_key,
+        unique_for_ms: job.unique_for_ms,
+        depends_on: job.depends_on.into_iter().map(|d| d.to_string()).collect(),
+        continue_on_failure: job.continue_on_failure,
+        keep_result_ms: job.keep_result_ms,
+        tags: job.tags,
+        group: job.group,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    jobs: Vec<Inserted>,
+}
+
+#[derive(serde::Deserialize)]
+struct Claimed {
+    jobs: Vec<ClaimedJob>,
+}
+
+#[derive(serde::Deserialize)]
+struct Retried {
+    retried: u64,
+}
+
+impl Store for HttpStore {
+    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<Inserted>, StoreError> {
+        let jobs = p.jobs.into_iter().map(spec_of).collect::<Result<Vec<_>, _>>()?;
+        let answer: BatchAnswer = self.post("/v1/jobs/batch", json!({ "jobs": jobs })).await?;
+        Ok(answer.jobs)
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+        let body = json!({
+            "queues": p.queues, "worker": p.worker, "max": p.max.clamp(1, 1000), "lease_ms": p.lease_ms,
+            "wait_ms": self.inner.claim_wait_ms,
+        });
+        let c: Claimed = self.post("/v1/claim", body).await?;
+        Ok(ClaimResult { jobs: c.jobs, next_run_at: None })
+    }
+
+    async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, r) in reports.into_iter().enumerate() {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let (path, body) = match r.outcome {
+                    Outcome::Complete { result } => ("complete", json!({"token": r.token, "result": result})),
+                    Outcome::Fail { error, failure } => {
+                        ("fail", json!({"token": r.token, "error": error, "retry": failure.retry, "retry_in_ms": failure.retry_in_ms}))
+                    }
+                    Outcome::Snooze { delay_ms } => ("snooze", json!({"token": r.token, "delay_ms": delay_ms})),
+                };
+                let job: Result<Job, StoreError> = this.post(&format!("/v1/jobs/{}/{path}", r.id), body).await;
+                (i, job.map(|j| j.state))
+            });
+        }
+        collect(tasks).await
+    }
+
+    async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (id, token)) in p.jobs.into_iter().enumerate() {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let hb = this.post(&format!("/v1/jobs/{id}/heartbeat"), json!({"token": token, "lease_ms": p.lease_ms})).await;
+                (i, hb)
+            });
+        }
+        collect(tasks).await
+    }
+
+    async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {
+        if let Some(c) = p.checkpoint {
+            let _: Value = self.post(&format!("/v1/jobs/{}/checkpoint", p.id), json!({"token": p.token, "checkpoint": c})).await?;
+        }
+        if let Some(pr) = p.progress {
+            let _: Value = self.post(&format!("/v1/jobs/{}/progress", p.id), json!({"token": p.token, "progress": pr})).await?;
+        }
+        Ok(())
+    }
+
+    async fn job_get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        match self.call(Method::GET, &format!("/v1/jobs/{id}"), None).await {
+            Ok(j) => Ok(Some(j)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn job_list(&self, p: JobListParams) -> Result<JobPage, StoreError> {
+        let mut q: Vec<String> = Vec::new();
+        if let Some(v) = &p.queue {
+            q.push(format!("queue={}", enc(v.as_str())));
+        }
+        if let Some(v) = p.state {
+            q.push(format!("state={v}"));
+        }
+        if let Some(v) = &p.kind {
+            q.push(format!("kind={}", enc(v)));
+        }
+        if let Some(v) = &p.tag {
+            q.push(format!("tag={}", enc(v)));
+        }
+        if let Some(v) = p.limit {
+            q.push(format!("limit={v}"));
+        }
+        if let Some(v) = &p.cursor {
+            q.push(format!("cursor={}", enc(v)));
+        }
+        self.call(Method::GET, &format!("/v1/jobs?{}", q.join("&")), None).await
+    }
+
+    async fn job_cancel(&self, id: &JobId) -> Result<Job, StoreError> {
+        self.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await
+    }
+
+    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
+        self.post(&format!("/v1/jobs/{id}/retry"), json!({})).await
+    }
+
+    async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        let body = json!({
+            "queue": p.queue, "kind": p.kind, "state": p.state, "since": p.since, "until": p.until, "error": p.error_contains,
+        });
+        let body = Value::Object(body.as_object().expect("object").iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect());
+        let r: Retried = self.post("/v1/jobs/retry", body).await?;
+        Ok(r.retried)
+    }
+
+    async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
+        let _: Value = self.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
+        Ok(())
+    }
+
+    async fn job_rescue(&self) -> Result<RescueCounts, StoreError> {
+        Ok(RescueCounts::default()) // the server does this
+    }
+
+    async fn job_prune(&self, _p: JobPruneParams) -> Result<u64, StoreError> {
+        Ok(0) // the server does this
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let l: QueueListAnswer = self.call(Method::GET, "/v1/queues", None).await?;
+        Ok(l.queues)
+    }
+
+    async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
+        let mut body = serde_json::Map::new();
+        if let Some(v) = p.paused {
+            body.insert("paused".into(), json!(v));
+        }
+        if let Some(v) = p.concurrency {
+            body.insert("concurrency".into(), json!(v));
+        }
+        if let Some(v) = p.rate_limit {
+            body.insert("rate_limit".into(), json!(v));
+        }
+        if let Some(v) = p.group_concurrency {
+            body.insert("group_concurrency".into(), json!(v));
+        }
+        self.call(Method::PATCH, &format!("/v1/queues/{}", p.name), Some(&Value::Object(body))).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn supports_listen_notify(&self) -> bool {
+        false
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct QueueListAnswer {
+    queues: Vec<QueueInfo>,
+}
+
+async fn collect<T: Send + 'static>(
+    mut tasks: tokio::task::JoinSet<(usize, Result<T, StoreError>)>,
+) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+    let mut out: Vec<Option<Result<T, StoreError>>> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, r) = done.map_err(|e| StoreError::Backend(Box::new(e)))?;
+        if out.len() <= i {
+            out.resize_with(i + 1, || None);
+        }
+        out[i] = Some(r);
+    }
+    Ok(out.into_iter().map(|r| r.expect("every task answered")).collect())
+}
+

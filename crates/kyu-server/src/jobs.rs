@@ -1,0 +1,242 @@
+//! Producer and operator endpoints for jobs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kyu_core::{Job, JobId, JobSpec, JobState, Millis, NewJob, QueueName};
+use kyu_store::{Inserted, JobInsertManyParams, JobListParams, JobPage, JobRetryManyParams, Store, StoreEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::{AppState, MAX_WAIT_MS};
+
+pub(crate) fn job_id(id: String) -> ApiResult<JobId> {
+    JobId::new(id).map_err(|m| ApiError::bad_request(m))
+}
+
+pub(crate) async fn must_get<S: Store>(app: &AppState<S>, id: &JobId) -> ApiResult<Job> {
+    app.store.job_get(id).await?.ok_or_else(|| ApiError::not_found(format!("job `{id}`")))
+}
+
+fn validate<S: Store>(app: &AppState<S>, spec: JobSpec, label: Option<usize>) -> ApiResult<NewJob> {
+    spec.validate(app.store.clock().now(), &app.config.limits).map_err(|e| match label {
+        Some(i) => ApiError::invalid(&format!("jobs[{i}].{}", e.field), e.message),
+        None => e.into(),
+    })
+}
+
+/// `POST /v1/jobs`: 201 with the job, or 200 with the existing one marked duplicate.
+pub(crate) async fn enqueue<S: Store>(State(app): State<AppState<S>>, Json(spec): Json<JobSpec>) -> ApiResult<Response> {
+    let job = validate(&app, spec, None)?;
+    let inserted = app.store.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await?.remove(0);
+    let mut job = must_get(&app, &inserted.id).await?;
+    job.duplicate = inserted.duplicate;
+    let status = if inserted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(job)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Batch {
+    jobs: Vec<JobSpec>,
+}
+
+/// `POST /v1/jobs/batch` and `POST /v1/flows` answers.
+#[derive(Serialize)]
+pub(crate) struct BatchAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root: Option<JobId>,
+    ids: Vec<JobId>,
+    /// Per job: its state and whether it was a duplicate.
+    jobs: Vec<Inserted>,
+}
+
+/// `POST /v1/jobs/batch`: all or nothing.
+pub(crate) async fn batch<S: Store>(State(app): State<AppState<S>>, Json(b): Json<Batch>) -> ApiResult<Response> {
+    if b.jobs.is_empty() {
+        return Err(ApiError::invalid("jobs", "give at least one job"));
+    }
+    if b.jobs.len() > app.config.max_batch {
+        return Err(ApiError::invalid("jobs", format!("at most {} jobs per batch", app.config.max_batch)));
+    }
+    let jobs = b.jobs.into_iter().enumerate().map(|(i, s)| validate(&app, s, Some(i))).collect::<ApiResult<Vec<_>>>()?;
+    let inserted = app.store.job_insert_many(JobInsertManyParams { jobs }).await?;
+    let ids = inserted.iter().map(|i| i.id.clone()).collect();
+    Ok((StatusCode::CREATED, axum::Json(BatchAnswer { root: None, ids, jobs: inserted })).into_response())
+}
+
+/// A flow: a job and the subtrees it depends on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Flow {
+    job: JobSpec,
+    #[serde(default)]
+    children: Vec<Flow>,
+}
+
+/// `POST /v1/flows`: each parent depends on its children; one atomic insert,
+/// children first, so every dependency exists before its dependent.
+pub(crate) async fn flow<S: Store>(State(app): State<AppState<S>>, Json(tree): Json<Flow>) -> ApiResult<Response> {
+    let mut out: Vec<NewJob> = Vec::new();
+    let mut seen = HashSet::new();
+    let root = flatten(&app, tree, &mut out, &mut seen, 0)?;
+    if out.len() > app.config.max_batch {
+        return Err(ApiError::invalid("children", format!("at most {} jobs per flow", app.config.max_batch)));
+    }
+    let inserted = app.store.job_insert_many(JobInsertManyParams { jobs: out }).await?;
+    let ids = inserted.iter().map(|i| i.id.clone()).collect();
+    Ok((StatusCode::CREATED, axum::Json(BatchAnswer { root: Some(root), ids, jobs: inserted })).into_response())
+}
+
+fn flatten<S: Store>(app: &AppState<S>, node: Flow, out: &mut Vec<NewJob>, seen: &mut HashSet<JobId>, depth: usize) -> ApiResult<JobId> {
+    if depth > 64 {
+        return Err(ApiError::invalid("children", "a flow may be at most 64 levels deep"));
+    }
+    let mut spec = node.job;
+    if spec.id.is_none() {
+        spec.id = Some(JobId::generate().to_string());
+    }
+    for child in node.children {
+        let child_id = flatten(app, child, out, seen, depth + 1)?;
+        spec.depends_on.push(child_id.to_string());
+    }
+    let job = validate(app, spec, None)?;
+    if !seen.insert(job.id.clone()) {
+        return Err(ApiError::invalid("id", format!("`{}` appears twice in the flow", job.id)));
+    }
+    let id = job.id.clone();
+    out.push(job);
+    Ok(id)
+}
+
+/// `GET /v1/jobs/{id}`.
+pub(crate) async fn get<S: Store>(State(app): State<AppState<S>>, Path(id): Path<String>) -> ApiResult<axum::Json<Job>> {
+    Ok(axum::Json(must_get(&app, &job_id(id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Wait {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// `GET /v1/jobs/{id}/result?wait_ms=N`: long-polls until the job is
+/// terminal or N ms pass, woken by store events (in-process on SQLite,
+/// LISTEN/NOTIFY on PostgreSQL) and holding no database connection meanwhile.
+pub(crate) async fn result<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Query(w): Query<Wait>,
+) -> ApiResult<axum::Json<Job>> {
+    let id = job_id(id)?;
+    if w.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(w.wait_ms);
+    // Subscribe before reading, so a finish between the read and the wait
+    // is not missed.
+    let mut events = app.store.subscribe();
+    loop {
+        let job = must_get(&app, &id).await?;
+        if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(axum::Json(job));
+        }
+        // Events are hints: re-read at least every few seconds regardless.
+        let recheck = (tokio::time::Instant::now() + Duration::from_secs(2)).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(recheck) => {}
+            _ = app.shutdown.cancelled() => return Ok(axum::Json(job)),
+            _ = finished(&mut events, &id) => {}
+        }
+    }
+}
+
+async fn finished(events: &mut broadcast::Receiver<StoreEvent>, id: &JobId) {
+    loop {
+        match events.recv().await {
+            Ok(StoreEvent::JobFinished(done)) if &done == id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    queue: Option<String>,
+    state: Option<String>,
+    kind: Option<String>,
+    tag: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/jobs`: newest first, a page at a time.
+pub(crate) async fn list<S: Store>(State(app): State<AppState<S>>, Query(q): Query<ListQuery>) -> ApiResult<axum::Json<JobPage>> {
+    if let Some(l) = q.limit
+        && !(1..=1000).contains(&l)
+    {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let params = JobListParams {
+        queue: q.queue.map(QueueName::new).transpose().map_err(|m| ApiError::invalid("queue", m))?,
+        state: q.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
+        kind: q.kind,
+        tag: q.tag,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    Ok(axum::Json(app.store.job_list(params).await?))
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+pub(crate) async fn cancel<S: Store>(State(app): State<AppState<S>>, Path(id): Path<String>) -> ApiResult<axum::Json<Job>> {
+    Ok(axum::Json(app.store.job_cancel(&job_id(id)?).await?))
+}
+
+/// `POST /v1/jobs/{id}/retry`.
+pub(crate) async fn retry<S: Store>(State(app): State<AppState<S>>, Path(id): Path<String>) -> ApiResult<axum::Json<Job>> {
+    Ok(axum::Json(app.store.job_retry(&job_id(id)?).await?))
+}
+
+/// `DELETE /v1/jobs/{id}`.
+pub(crate) async fn delete<S: Store>(State(app): State<AppState<S>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    app.store.job_delete(&job_id(id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryFilter {
+    queue: Option<String>,
+    kind: Option<String>,
+    state: Option<String>,
+    since: Option<Millis>,
+    until: Option<Millis>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Retried {
+    retried: u64,
+}
+
+/// `POST /v1/jobs/retry`: bulk redrive of the dead-letter set by filter.
+pub(crate) async fn retry_many<S: Store>(State(app): State<AppState<S>>, Json(f): Json<RetryFilter>) -> ApiResult<axum::Json<Retried>> {
+    let params = JobRetryManyParams {
+        queue: f.queue.map(QueueName::new).transpose().map_err(|m| ApiError::invalid("queue", m))?,
+        kind: f.kind,
+        state: f.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
+        since: f.since,
+        until: f.until,
+        error_contains: f.error,
+    };
+    Ok(axum::Json(Retried { retried: app.store.job_retry_many(params).await? }))
+}

@@ -1,0 +1,188 @@
+//! kyu-server: the HTTP API v1, the worker protocol, auth, the dashboard
+//! and metrics, over any [`Store`]; plus the background services a server
+//! runs (lease rescue, pruning).
+//!
+//! ```no_run
+//! # async fn demo(store: impl kyu_store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = kyu_server::ServerConfig::default();
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! kyu_server::serve(store, config, stop).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![recursion_limit = "512"]
+
+mod auth;
+mod dashboard;
+mod error;
+mod jobs;
+mod meta;
+pub mod openapi;
+mod queues;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use kyu_core::Limits;
+use kyu_store::Store;
+use kyu_worker::MaintenanceConfig;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Role, Tokens};
+pub use error::ApiError;
+
+/// Longest long-poll a client may ask for.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// How a server runs. The defaults suit one machine.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// API tokens; none means every request is allowed (loopback only).
+    pub tokens: Tokens,
+    /// Allow listening beyond loopback without tokens.
+    pub insecure: bool,
+    /// Per-job size limits (1 MiB payloads by default).
+    pub limits: Limits,
+    /// Largest request body (16 MiB by default).
+    pub max_body_bytes: usize,
+    /// Most jobs per batch or flow.
+    pub max_batch: usize,
+    /// Lease when a claim or heartbeat names none.
+    pub default_lease_ms: i64,
+    /// How often a waiting long-poll looks at the store even without an
+    /// event (events are hints; this bounds the cost of a lost one).
+    pub claim_recheck: Duration,
+    /// Lease rescue and pruning in this process; `None` turns them off.
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            tokens: Tokens::default(),
+            insecure: false,
+            limits: Limits::default(),
+            max_body_bytes: 16 << 20,
+            max_batch: 100_000,
+            default_lease_ms: 30_000,
+            claim_recheck: Duration::from_secs(2),
+            maintenance: Some(MaintenanceConfig::default()),
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Listening beyond loopback without tokens and without `--insecure`.
+    #[error("refusing to listen on {0} without API tokens: give --token ROLE:SECRET (or KYU_TOKENS), or --insecure")]
+    Unprotected(SocketAddr),
+    /// The address could not be bound or the server failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What handlers share.
+pub(crate) struct AppState<S> {
+    pub store: S,
+    pub config: Arc<ServerConfig>,
+    pub tokens: Arc<Tokens>,
+    pub shutdown: CancellationToken,
+}
+
+impl<S: Store> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState { store: self.store.clone(), config: self.config.clone(), tokens: self.tokens.clone(), shutdown: self.shutdown.clone() }
+    }
+}
+
+/// The application: every route of [`openapi::ROUTES`], auth, body limits,
+/// and JSON errors for unknown routes and methods. Long polls end when
+/// `shutdown` is cancelled.
+pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationToken) -> Router {
+    let tokens = Arc::new(config.tokens.clone());
+    let body_limit = config.max_body_bytes;
+    let app = AppState { store, config: Arc::new(config), tokens: tokens.clone(), shutdown };
+    Router::new()
+        .route("/v1/jobs", post(jobs::enqueue::<S>).get(jobs::list::<S>))
+        .route("/v1/jobs/batch", post(jobs::batch::<S>))
+        .route("/v1/jobs/retry", post(jobs::retry_many::<S>))
+        .route("/v1/flows", post(jobs::flow::<S>))
+        .route("/v1/jobs/{id}", get(jobs::get::<S>).delete(jobs::delete::<S>))
+        .route("/v1/jobs/{id}/result", get(jobs::result::<S>))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel::<S>))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry::<S>))
+        .route("/v1/claim", post(worker::claim::<S>))
+        .route("/v1/jobs/{id}/heartbeat", post(worker::heartbeat::<S>))
+        .route("/v1/jobs/{id}/complete", post(worker::complete::<S>))
+        .route("/v1/jobs/{id}/fail", post(worker::fail::<S>))
+        .route("/v1/jobs/{id}/snooze", post(worker::snooze::<S>))
+        .route("/v1/jobs/{id}/checkpoint", post(worker::checkpoint::<S>))
+        .route("/v1/jobs/{id}/progress", post(worker::progress::<S>))
+        .route("/v1/queues", get(queues::list::<S>))
+        .route("/v1/queues/{queue}", patch(queues::patch::<S>))
+        .route("/v1/queues/{queue}/pause", post(queues::pause::<S>))
+        .route("/v1/queues/{queue}/resume", post(queues::resume::<S>))
+        .route("/v1/openapi.json", get(meta::openapi))
+        .route("/metrics", get(meta::metrics::<S>))
+        .route("/healthz", get(meta::healthz::<S>))
+        .route("/", get(dashboard::page::<S>))
+        .fallback(no_route)
+        .method_not_allowed_fallback(not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
+        .with_state(app)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; see /v1/openapi.json")
+}
+
+async fn not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+/// Binds the configured address, refusing an unprotected non-loopback one.
+pub async fn bind(config: &ServerConfig) -> Result<tokio::net::TcpListener, ServeError> {
+    if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Unprotected(config.listen));
+    }
+    Ok(tokio::net::TcpListener::bind(config.listen).await?)
+}
+
+/// Binds and serves until `shutdown` is cancelled, running maintenance
+/// beside the API; then stops accepting, finishes in-flight requests (long
+/// polls answer at once) and returns.
+pub async fn serve<S: Store>(store: S, config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let listener = bind(&config).await?;
+    serve_on(listener, store, config, shutdown).await
+}
+
+/// [`serve`] on an already bound listener.
+pub async fn serve_on<S: Store>(
+    listener: tokio::net::TcpListener,
+    store: S,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let background = shutdown.child_token();
+    let maintenance = config.maintenance.map(|m| tokio::spawn(kyu_worker::run_maintenance(store.clone(), m, background.clone())));
+    tracing::info!(address = %listener.local_addr()?, auth = !config.tokens.is_empty(), "kyu server listening");
+    let app = router(store, config, shutdown.clone());
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    background.cancel();
+    if let Some(m) = maintenance {
+        let _ = m.await;
+    }
+    result.map_err(ServeError::from)
+}

@@ -1,0 +1,250 @@
+//! The OpenAPI 3 document served at `/v1/openapi.json`. A test checks that
+//! every route here is routed and every routed path is here, and the test
+//! script fuzzes the server from this document (schemathesis).
+
+use serde_json::{Value, json};
+
+/// Every `(method, path)` the server routes.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("post", "/v1/jobs/batch"),
+    ("post", "/v1/flows"),
+    ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/result"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/jobs/{id}/retry"),
+    ("post", "/v1/jobs/retry"),
+    ("post", "/v1/claim"),
+    ("post", "/v1/jobs/{id}/heartbeat"),
+    ("post", "/v1/jobs/{id}/complete"),
+    ("post", "/v1/jobs/{id}/fail"),
+    ("post", "/v1/jobs/{id}/snooze"),
+    ("post", "/v1/jobs/{id}/checkpoint"),
+    ("post", "/v1/jobs/{id}/progress"),
+    ("get", "/v1/queues"),
+    ("patch", "/v1/queues/{queue}"),
+    ("post", "/v1/queues/{queue}/pause"),
+    ("post", "/v1/queues/{queue}/resume"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/metrics"),
+    ("get", "/healthz"),
+    ("get", "/"),
+];
+
+fn r(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn body(schema: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn ok(code: &str, description: &str, schema: Option<Value>) -> (String, Value) {
+    let mut resp = json!({"description": description});
+    if let Some(s) = schema {
+        resp["content"] = json!({"application/json": {"schema": s}});
+    }
+    (code.to_owned(), resp)
+}
+
+fn errors(codes: &[&str]) -> Vec<(String, Value)> {
+    codes
+        .iter()
+        .map(|c| ((*c).to_owned(), json!({"description": "error", "content": {"application/json": {"schema": r("Error")}}})))
+        .collect()
+}
+
+fn op(summary: &str, params: Value, request: Option<Value>, mut responses: Vec<(String, Value)>, errs: &[&str]) -> Value {
+    responses.extend(errors(errs));
+    let mut o = json!({"summary": summary, "parameters": params, "responses": responses.into_iter().collect::<serde_json::Map<_, _>>()});
+    if let Some(b) = request {
+        o["requestBody"] = b;
+    }
+    o
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9_.:-]+$"}})
+}
+
+fn query(name: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": schema})
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let id = json!([path_param("id")]);
+    let q = json!([path_param("queue")]);
+    let none = json!([]);
+    let report_errs = &["400", "401", "403", "404", "409", "413", "422"];
+    let mut paths = serde_json::Map::new();
+    let mut add = |path: &str, method: &str, o: Value| {
+        paths.entry(path.to_owned()).or_insert_with(|| json!({}))[method] = o;
+    };
+    add("/v1/jobs", "post", op("Enqueue a job", none.clone(), Some(body(r("JobSpec"))),
+        vec![ok("201", "created", Some(r("Job"))), ok("200", "duplicate: nothing created", Some(r("Job")))],
+        &["400", "401", "403", "413", "422"]));
+    add("/v1/jobs", "get", op("List jobs, newest first",
+        json!([query("queue", json!({"type": "string"})), query("state", r("State")), query("kind", json!({"type": "string"})),
+               query("tag", json!({"type": "string"})), query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+               query("cursor", json!({"type": "string"}))]),
+        None, vec![ok("200", "a page", Some(r("JobPage")))], &["400", "401", "403", "422"]));
+    add("/v1/jobs/batch", "post", op("Enqueue jobs atomically", none.clone(),
+        Some(body(json!({"type": "object", "required": ["jobs"], "additionalProperties": false,
+            "properties": {"jobs": {"type": "array", "items": r("JobSpec"), "minItems": 1}}}))),
+        vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "422"]));
+    add("/v1/flows", "post", op("Enqueue a tree of jobs; each parent depends on its children", none.clone(),
+        Some(body(r("Flow"))), vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "422"]));
+    add("/v1/jobs/{id}", "get", op("A job", id.clone(), None, vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404"]));
+    add("/v1/jobs/{id}", "delete", op("Delete a job that is not running", id.clone(), None, vec![ok("204", "deleted", None)],
+        &["400", "401", "403", "404", "409"]));
+    add("/v1/jobs/{id}/result", "get", op("Long-poll until the job is terminal or wait_ms pass",
+        json!([path_param("id"), query("wait_ms", json!({"type": "integer", "minimum": 0, "maximum": 60000}))]),
+        None, vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "422"]));
+    add("/v1/jobs/{id}/cancel", "post", op("Cancel (a running job is asked to stop)", id.clone(), None,
+        vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
+    add("/v1/jobs/{id}/retry", "post", op("Retry a failed or cancelled job", id.clone(), None,
+        vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
+    add("/v1/jobs/retry", "post", op("Bulk redrive of the dead-letter set", none.clone(),
+        Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
+            "queue": {"type": "string"}, "kind": {"type": "string"}, "state": {"enum": ["failed", "cancelled"]},
+            "since": r("Time"), "until": r("Time"), "error": {"type": "string"}}}))),
+        vec![ok("200", "how many", Some(json!({"type": "object", "required": ["retried"], "properties": {"retried": {"type": "integer"}}})))],
+        &["400", "401", "403", "422"]));
+    add("/v1/claim", "post", op("Claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
+        Some(body(json!({"type": "object", "required": ["queues", "worker"], "additionalProperties": false, "properties": {
+            "queues": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100},
+            "worker": {"type": "string", "minLength": 1, "maxLength": 128},
+            "max": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000},
+            "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000}}}))),
+        vec![ok("200", "claimed jobs (maybe none)", Some(json!({"type": "object", "required": ["jobs"],
+            "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")}}})))],
+        &["400", "401", "403", "422"]));
+    let token_body = |extra: Value, required: &[&str]| {
+        let mut props = json!({"token": {"type": "string"}});
+        for (k, v) in extra.as_object().expect("object") {
+            props[k] = v.clone();
+        }
+        let mut req = vec!["token".to_owned()];
+        req.extend(required.iter().map(|s| s.to_string()));
+        body(json!({"type": "object", "required": req, "additionalProperties": false, "properties": props}))
+    };
+    add("/v1/jobs/{id}/heartbeat", "post", op("Extend the lease; learn of a cancel request", id.clone(),
+        Some(token_body(json!({"lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000}}), &[])),
+        vec![ok("200", "new lease", Some(json!({"type": "object", "required": ["lease_expires_at", "cancel_requested"],
+            "properties": {"lease_expires_at": r("Time"), "cancel_requested": {"type": "boolean"}}})))], report_errs));
+    add("/v1/jobs/{id}/complete", "post", op("Complete with a result", id.clone(),
+        Some(token_body(json!({"result": {}}), &[])), vec![ok("200", "the job", Some(r("Job")))], report_errs));
+    add("/v1/jobs/{id}/fail", "post", op("Fail this attempt; retried per policy unless retry is false", id.clone(),
+        Some(token_body(json!({"error": {"type": "string"}, "retry_in_ms": {"type": "integer", "minimum": 0}, "retry": {"type": "boolean"}}), &["error"])),
+        vec![ok("200", "the job", Some(r("Job")))], report_errs));
+    add("/v1/jobs/{id}/snooze", "post", op("Run again after delay_ms; the attempt is not counted", id.clone(),
+        Some(token_body(json!({"delay_ms": {"type": "integer", "minimum": 0}}), &["delay_ms"])),
+        vec![ok("200", "the job", Some(r("Job")))], report_errs));
+    add("/v1/jobs/{id}/checkpoint", "post", op("Save the checkpoint (fenced by the token)", id.clone(),
+        Some(token_body(json!({"checkpoint": {}}), &["checkpoint"])), vec![ok("204", "saved", None)], report_errs));
+    add("/v1/jobs/{id}/progress", "post", op("Report progress (fenced by the token)", id.clone(),
+        Some(token_body(json!({"progress": {}}), &["progress"])), vec![ok("204", "saved", None)], report_errs));
+    add("/v1/queues", "get", op("Queues with settings and counts", none.clone(), None,
+        vec![ok("200", "queues", Some(json!({"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": r("Queue")}}})))],
+        &["401", "403"]));
+    add("/v1/queues/{queue}", "patch", op("Change a queue's limits (null clears one)", q.clone(),
+        Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
+            "concurrency": {"type": ["integer", "null"], "minimum": 0},
+            "rate_limit": {"oneOf": [r("RateLimit"), {"type": "null"}]},
+            "group_concurrency": {"type": ["integer", "null"], "minimum": 1},
+            "paused": {"type": "boolean"}}}))),
+        vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403", "422"]));
+    add("/v1/queues/{queue}/pause", "post", op("Pause a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
+    add("/v1/queues/{queue}/resume", "post", op("Resume a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
+    add("/v1/openapi.json", "get", op("This document", none.clone(), None, vec![ok("200", "OpenAPI 3", Some(json!({"type": "object"})))], &[]));
+    add("/metrics", "get", json!({"summary": "Prometheus metrics", "responses": {"200": {"description": "text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": {"description": "error", "content": {"application/json": {"schema": r("Error")}}}}}));
+    add("/healthz", "get", json!({"summary": "Liveness and store reachability", "responses": {
+        "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "503": {"description": "store unreachable", "content": {"application/json": {"schema": {"type": "object"}}}}}}));
+    add("/", "get", json!({"summary": "The dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}));
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "kyu", "version": env!("CARGO_PKG_VERSION"), "description": "A durable job queue. See DESIGN.md for the contract."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
+fn schemas() -> Value {
+    let name = json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"});
+    json!({
+        "Time": {"type": "string", "format": "date-time"},
+        "State": {"enum": ["scheduled", "queued", "waiting", "running", "completed", "failed", "cancelled"]},
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Backoff": {"oneOf": [
+            {"type": "object", "required": ["kind", "base_ms", "max_ms"], "additionalProperties": false,
+             "properties": {"kind": {"const": "exponential"}, "base_ms": {"type": "integer", "minimum": 0}, "max_ms": {"type": "integer", "minimum": 0}}},
+            {"type": "object", "required": ["kind", "delay_ms"], "additionalProperties": false,
+             "properties": {"kind": {"const": "fixed"}, "delay_ms": {"type": "integer", "minimum": 0}}}]},
+        "RateLimit": {"type": "object", "required": ["max", "per_ms"], "additionalProperties": false,
+            "properties": {"max": {"type": "integer", "minimum": 1}, "per_ms": {"type": "integer", "minimum": 1}}},
+        "JobSpec": {"type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 255},
+            "queue": name.clone(), "kind": name.clone(), "payload": {},
+            "priority": {"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647},
+            "run_at": {"$ref": "#/components/schemas/Time"}, "delay_ms": {"type": "integer", "minimum": 0},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "backoff": {"$ref": "#/components/schemas/Backoff"},
+            "timeout_ms": {"type": "integer", "minimum": 1},
+            "unique_key": {"type": "string", "minLength": 1, "maxLength": 128},
+            "unique_for_ms": {"type": "integer", "minimum": 0},
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "continue_on_failure": {"type": "boolean"},
+            "keep_result_ms": {"type": "integer", "minimum": 0},
+            "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}, "maxItems": 32},
+            "group": {"type": "string", "minLength": 1, "maxLength": 128}}},
+        "Flow": {"type": "object", "required": ["job"], "additionalProperties": false, "properties": {
+            "job": {"$ref": "#/components/schemas/JobSpec"},
+            "children": {"type": "array", "items": {"$ref": "#/components/schemas/Flow"}}}},
+        "Job": {"type": "object", "required": ["id", "queue", "kind", "payload", "state", "priority", "run_at", "attempt",
+            "max_attempts", "backoff", "errors", "tags", "created_at", "depends_on", "pending_dependencies", "cancel_requested"],
+            "properties": {
+            "id": {"type": "string"}, "queue": {"type": "string"}, "kind": {"type": "string"}, "payload": {},
+            "checkpoint": {}, "state": {"$ref": "#/components/schemas/State"}, "priority": {"type": "integer"},
+            "run_at": {"$ref": "#/components/schemas/Time"}, "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
+            "backoff": {"$ref": "#/components/schemas/Backoff"}, "timeout_ms": {"type": ["integer", "null"]},
+            "unique_key": {"type": ["string", "null"]}, "unique_for_ms": {"type": ["integer", "null"]},
+            "depends_on": {"type": "array", "items": {"type": "string"}}, "pending_dependencies": {"type": "integer"},
+            "continue_on_failure": {"type": "boolean"}, "result": {}, "keep_result_ms": {"type": ["integer", "null"]},
+            "errors": {"type": "array", "items": {"type": "object", "required": ["attempt", "at", "message"],
+                "properties": {"attempt": {"type": "integer"}, "at": {"$ref": "#/components/schemas/Time"}, "message": {"type": "string"}}}},
+            "progress": {}, "tags": {"type": "array", "items": {"type": "string"}}, "group": {"type": ["string", "null"]},
+            "cancel_requested": {"type": "boolean"}, "created_at": {"$ref": "#/components/schemas/Time"},
+            "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
+            "lease_expires_at": {"type": ["string", "null"]}, "worker": {"type": ["string", "null"]},
+            "duplicate": {"type": "boolean"}}},
+        "JobPage": {"type": "object", "required": ["jobs", "next_cursor"], "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}, "next_cursor": {"type": ["string", "null"]}}},
+        "BatchResult": {"type": "object", "required": ["ids", "jobs"], "properties": {
+            "root": {"type": "string"}, "ids": {"type": "array", "items": {"type": "string"}},
+            "jobs": {"type": "array", "items": {"type": "object", "required": ["id", "state", "duplicate"], "properties": {
+                "id": {"type": "string"}, "state": {"$ref": "#/components/schemas/State"}, "duplicate": {"type": "boolean"}}}}}},
+        "ClaimedJob": {"type": "object", "required": ["id", "queue", "kind", "payload", "attempt", "max_attempts", "token",
+            "lease_expires_at", "dependency_results"], "properties": {
+            "id": {"type": "string"}, "queue": {"type": "string"}, "kind": {"type": "string"}, "payload": {}, "checkpoint": {},
+            "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "timeout_ms": {"type": ["integer", "null"]},
+            "token": {"type": "string"}, "lease_expires_at": {"$ref": "#/components/schemas/Time"},
+            "dependency_results": {"type": "object"}}},
+        "Queue": {"type": "object", "required": ["name", "paused", "counts"], "properties": {
+            "name": {"type": "string"}, "paused": {"type": "boolean"}, "concurrency": {"type": ["integer", "null"]},
+            "rate_limit": {"oneOf": [{"$ref": "#/components/schemas/RateLimit"}, {"type": "null"}]},
+            "group_concurrency": {"type": ["integer", "null"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+    })
+}

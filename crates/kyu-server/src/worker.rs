@@ -1,0 +1,228 @@
+//! The HTTP worker protocol: claim, heartbeat, and fenced reports.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use kyu_core::transition::Failure;
+use kyu_core::{ClaimedJob, Job, JobId, QueueName};
+use kyu_store::{JobClaimParams, JobHeartbeatParams, JobSaveParams, Outcome, Report, Store, StoreEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::error::{ApiError, ApiResult, Json, Path};
+use crate::jobs::{job_id, must_get};
+use crate::{AppState, MAX_WAIT_MS};
+
+/// Longest lease a worker may ask for (an hour), and the shortest (100 ms).
+const LEASE_MS: std::ops::RangeInclusive<i64> = 100..=3_600_000;
+/// Most jobs one claim may take.
+const MAX_CLAIM: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClaimRequest {
+    queues: Vec<String>,
+    worker: String,
+    #[serde(default = "one")]
+    max: usize,
+    lease_ms: Option<i64>,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Serialize)]
+pub(crate) struct Claimed {
+    jobs: Vec<ClaimedJob>,
+}
+
+/// `POST /v1/claim`: claims up to `max` jobs; with `wait_ms`, long-polls
+/// until at least one is claimable, woken by store events, holding no
+/// database connection while it waits.
+pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Json<ClaimRequest>) -> ApiResult<axum::Json<Claimed>> {
+    if r.queues.is_empty() || r.queues.len() > 100 {
+        return Err(ApiError::invalid("queues", "give 1 to 100 queues"));
+    }
+    let queues = r.queues.into_iter().map(QueueName::new).collect::<Result<Vec<_>, _>>().map_err(|m| ApiError::invalid("queues", m))?;
+    if r.worker.is_empty() || r.worker.len() > 128 || r.worker.chars().any(char::is_control) {
+        return Err(ApiError::invalid("worker", "must be 1-128 characters without control characters"));
+    }
+    if !(1..=MAX_CLAIM).contains(&r.max) {
+        return Err(ApiError::invalid("max", format!("must be between 1 and {MAX_CLAIM}")));
+    }
+    let lease_ms = r.lease_ms.unwrap_or(app.config.default_lease_ms);
+    if !LEASE_MS.contains(&lease_ms) {
+        return Err(ApiError::invalid("lease_ms", format!("must be between {} and {}", LEASE_MS.start(), LEASE_MS.end())));
+    }
+    if r.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms);
+    let mut events = app.store.subscribe();
+    loop {
+        let params = JobClaimParams { queues: queues.clone(), worker: r.worker.clone(), max: r.max, lease_ms };
+        let claimed = app.store.job_claim(params).await?;
+        let now = tokio::time::Instant::now();
+        if !claimed.jobs.is_empty() || now >= deadline {
+            return Ok(axum::Json(Claimed { jobs: claimed.jobs }));
+        }
+        let mut wake = deadline.min(now + app.config.claim_recheck);
+        if let Some(at) = claimed.next_run_at {
+            let until = (at.0 - app.store.clock().now().0).max(0) as u64;
+            wake = wake.min(now + Duration::from_millis(until));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = app.shutdown.cancelled() => return Ok(axum::Json(Claimed { jobs: Vec::new() })),
+            _ = available(&mut events, &queues) => {}
+        }
+    }
+}
+
+async fn available(events: &mut broadcast::Receiver<StoreEvent>, queues: &[QueueName]) {
+    loop {
+        match events.recv().await {
+            Ok(StoreEvent::JobsAvailable(q)) if queues.contains(&q) => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeartbeatRequest {
+    token: String,
+    lease_ms: Option<i64>,
+}
+
+/// `POST /v1/jobs/{id}/heartbeat`.
+pub(crate) async fn heartbeat<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<HeartbeatRequest>,
+) -> ApiResult<axum::Json<kyu_store::Heartbeat>> {
+    let id = job_id(id)?;
+    let lease_ms = r.lease_ms.unwrap_or(app.config.default_lease_ms);
+    if !LEASE_MS.contains(&lease_ms) {
+        return Err(ApiError::invalid("lease_ms", format!("must be between {} and {}", LEASE_MS.start(), LEASE_MS.end())));
+    }
+    let mut out = app.store.job_heartbeat_many(JobHeartbeatParams { jobs: vec![(id, r.token)], lease_ms }).await?;
+    Ok(axum::Json(out.remove(0)?))
+}
+
+async fn report<S: Store>(app: &AppState<S>, id: JobId, token: String, outcome: Outcome) -> ApiResult<axum::Json<Job>> {
+    let mut out = app.store.job_report_many(vec![Report { id: id.clone(), token, outcome }]).await?;
+    out.remove(0)?;
+    Ok(axum::Json(must_get(app, &id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompleteRequest {
+    token: String,
+    #[serde(default)]
+    result: Value,
+}
+
+/// `POST /v1/jobs/{id}/complete` → the job.
+pub(crate) async fn complete<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<CompleteRequest>,
+) -> ApiResult<axum::Json<Job>> {
+    let size = serde_json::to_string(&r.result).map_or(0, |s| s.len());
+    if size > app.config.limits.max_payload_bytes {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the result is over the size limit"));
+    }
+    report(&app, job_id(id)?, r.token, Outcome::Complete { result: r.result }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FailRequest {
+    token: String,
+    error: String,
+    retry_in_ms: Option<i64>,
+    retry: Option<bool>,
+}
+
+/// `POST /v1/jobs/{id}/fail` → the job; its state says whether it will retry.
+pub(crate) async fn fail<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<FailRequest>,
+) -> ApiResult<axum::Json<Job>> {
+    if matches!(r.retry_in_ms, Some(ms) if ms < 0) {
+        return Err(ApiError::invalid("retry_in_ms", "must be >= 0"));
+    }
+    let error: String = r.error.chars().take(8192).collect();
+    let failure = Failure { retry: r.retry.unwrap_or(true), retry_in_ms: r.retry_in_ms };
+    report(&app, job_id(id)?, r.token, Outcome::Fail { error, failure }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnoozeRequest {
+    token: String,
+    delay_ms: i64,
+}
+
+/// `POST /v1/jobs/{id}/snooze` → the job (the attempt is not counted).
+pub(crate) async fn snooze<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<SnoozeRequest>,
+) -> ApiResult<axum::Json<Job>> {
+    if r.delay_ms < 0 {
+        return Err(ApiError::invalid("delay_ms", "must be >= 0"));
+    }
+    report(&app, job_id(id)?, r.token, Outcome::Snooze { delay_ms: r.delay_ms }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointRequest {
+    token: String,
+    checkpoint: Value,
+}
+
+/// `POST /v1/jobs/{id}/checkpoint` → 204; fenced by the token.
+pub(crate) async fn checkpoint<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<CheckpointRequest>,
+) -> ApiResult<StatusCode> {
+    save(&app, id, r.token, Some(r.checkpoint), None).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProgressRequest {
+    token: String,
+    progress: Value,
+}
+
+/// `POST /v1/jobs/{id}/progress` → 204; fenced by the token.
+pub(crate) async fn progress<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<ProgressRequest>,
+) -> ApiResult<StatusCode> {
+    save(&app, id, r.token, None, Some(r.progress)).await
+}
+
+async fn save<S: Store>(app: &AppState<S>, id: String, token: String, checkpoint: Option<Value>, progress: Option<Value>) -> ApiResult<StatusCode> {
+    let size = checkpoint.iter().chain(progress.iter()).map(|v| v.to_string().len()).sum::<usize>();
+    if size > app.config.limits.max_payload_bytes {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "over the size limit"));
+    }
+    app.store.job_save(JobSaveParams { id: job_id(id)?, token, checkpoint, progress }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
