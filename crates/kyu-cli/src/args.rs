@@ -119,6 +119,9 @@ pub struct ServerArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "KYU_MAX_BODY", default_value_t = 16 << 20, value_name = "BYTES")]
     pub max_body: usize,
+    /// Longest the server holds a long poll, whatever wait_ms asks.
+    #[arg(long, env = "KYU_LONG_POLL_CAP", value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub long_poll_cap: Duration,
     /// Print the settings in force and where each came from, then exit.
     #[arg(long)]
     pub print_config: bool,

@@ -50,7 +50,11 @@ impl Kyu {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kyu"));
-        c.arg("--database").arg(self.db()).args(args).current_dir(self.dir.path()).env_remove("KYU_DATABASE_URL");
+        // A command given --url talks to a server and takes no --database.
+        if !args.contains(&"--url") {
+            c.arg("--database").arg(self.db());
+        }
+        c.args(args).current_dir(self.dir.path()).env_remove("KYU_DATABASE_URL").env_remove("KYU_URL").env_remove("KYU_TOKEN");
         c
     }
 
@@ -126,4 +130,97 @@ pub fn terminate(mut child: Child) -> std::process::ExitStatus {
         assert!(start.elapsed() < Duration::from_secs(30), "worker did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A `kyu server` process on a free port, stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: Option<Child>,
+    pub url: String,
+}
+
+impl Kyu {
+    /// Starts `kyu server` with `args` and waits until it answers /healthz.
+    pub fn server(&self, log: &str, args: &[&str]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec!["server", "--listen", listen.as_str()];
+        all.extend_from_slice(args);
+        let child = self.spawn(log, &all);
+        let url = format!("http://{listen}");
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = try_http(&url, "GET", "/healthz", None, None) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the server did not come up: {}", std::fs::read_to_string(self.path(&format!("{log}.log"))).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child: Some(child), url }
+    }
+}
+
+impl Server {
+    /// SIGTERM and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        terminate(self.child.take().expect("running"))
+    }
+
+    /// A request without a token.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        http(&self.url, method, path, None, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            terminate(c);
+        }
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close); the body as JSON, or as a
+/// string when it is not JSON.
+pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    try_http(base, method, path, token, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    if let Some(b) = body {
+        // A server may answer (413) before reading a huge body; that is fine.
+        let _ = s.write_all(b.as_bytes());
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

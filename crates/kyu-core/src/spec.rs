@@ -130,20 +130,27 @@ pub struct ValidationError {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+    /// The value is over a size limit (HTTP 413 rather than 422).
+    pub too_large: bool,
 }
 
 impl ValidationError {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError { field: field.into(), message: message.into() }
+        ValidationError { field: field.into(), message: message.into(), too_large: false }
+    }
+
+    /// Builds a size-limit error for `field`.
+    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { too_large: true, ..ValidationError::new(field, message) }
     }
 }
 
 fn check_label(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+    if value.is_empty() || value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
         return Err(ValidationError::new(
             field,
-            format!("`{}` must be 1-{MAX_NAME_LEN} bytes without control characters", truncate(value)),
+            format!("`{}` must be 1-{MAX_NAME_LEN} characters without control characters", truncate(value)),
         ));
     }
     Ok(())
@@ -180,7 +187,7 @@ impl JobSpec {
         }
         let payload = serde_json::to_string(&self.payload).map_err(|e| ValidationError::new("payload", e.to_string()))?;
         if payload.len() > limits.max_payload_bytes {
-            return Err(ValidationError::new(
+            return Err(ValidationError::too_large(
                 "payload",
                 format!("{} bytes is over the limit of {} bytes", payload.len(), limits.max_payload_bytes),
             ));

@@ -55,6 +55,9 @@ impl IntoResponse for ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> ApiError {
+        if e.too_large {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string());
+        }
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
     }
 }

@@ -23,9 +23,11 @@ pub(crate) async fn must_get<S: Store>(app: &AppState<S>, id: &JobId) -> ApiResu
 }
 
 fn validate<S: Store>(app: &AppState<S>, spec: JobSpec, label: Option<usize>) -> ApiResult<NewJob> {
-    spec.validate(app.store.clock().now(), &app.config.limits).map_err(|e| match label {
-        Some(i) => ApiError::invalid(&format!("jobs[{i}].{}", e.field), e.message),
-        None => e.into(),
+    spec.validate(app.store.clock().now(), &app.config.limits).map_err(|mut e| {
+        if let Some(i) = label {
+            e.field = format!("jobs[{i}].{}", e.field);
+        }
+        e.into()
     })
 }
 
@@ -137,7 +139,7 @@ pub(crate) async fn result<S: Store>(
     if w.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(w.wait_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(w.wait_ms).min(app.config.long_poll_cap);
     // Subscribe before reading, so a finish between the read and the wait
     // is not missed.
     let mut events = app.store.subscribe();

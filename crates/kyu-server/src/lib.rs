@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub claim_recheck: Duration,
     /// Lease rescue and pruning in this process; `None` turns them off.
     pub maintenance: Option<MaintenanceConfig>,
+    /// Longest this server actually holds a long poll, whatever `wait_ms`
+    /// asked (clients must expect an empty answer and ask again).
+    pub long_poll_cap: Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             default_lease_ms: 30_000,
             claim_recheck: Duration::from_secs(2),
             maintenance: Some(MaintenanceConfig::default()),
+            long_poll_cap: Duration::from_millis(MAX_WAIT_MS),
         }
     }
 }

@@ -65,8 +65,16 @@ fn op(summary: &str, params: Value, request: Option<Value>, mut responses: Vec<(
     o
 }
 
+/// Job ids: printable ASCII without spaces, `/`, `?`, `#` or `%`.
+const ID_PATTERN: &str = "^[!\"$&-.0->@-~]{1,255}$";
+/// Queue names and kinds.
+const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+/// Tags, groups, unique keys: no control characters.
+const LABEL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,128}$";
+
 fn path_param(name: &str) -> Value {
-    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9_.:-]+$"}})
+    let pattern = if name == "queue" { NAME_PATTERN } else { ID_PATTERN };
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}})
 }
 
 fn query(name: &str, schema: Value) -> Value {
@@ -78,25 +86,26 @@ pub fn document() -> Value {
     let id = json!([path_param("id")]);
     let q = json!([path_param("queue")]);
     let none = json!([]);
-    let report_errs = &["400", "401", "403", "404", "409", "413", "422"];
+    let name = json!({"type": "string", "pattern": NAME_PATTERN});
+    let report_errs = &["400", "401", "403", "404", "409", "413", "415", "422"];
     let mut paths = serde_json::Map::new();
     let mut add = |path: &str, method: &str, o: Value| {
         paths.entry(path.to_owned()).or_insert_with(|| json!({}))[method] = o;
     };
     add("/v1/jobs", "post", op("Enqueue a job", none.clone(), Some(body(r("JobSpec"))),
         vec![ok("201", "created", Some(r("Job"))), ok("200", "duplicate: nothing created", Some(r("Job")))],
-        &["400", "401", "403", "413", "422"]));
+        &["400", "401", "403", "413", "415", "422"]));
     add("/v1/jobs", "get", op("List jobs, newest first",
-        json!([query("queue", json!({"type": "string"})), query("state", r("State")), query("kind", json!({"type": "string"})),
+        json!([query("queue", name.clone()), query("state", r("State")), query("kind", json!({"type": "string"})),
                query("tag", json!({"type": "string"})), query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                query("cursor", json!({"type": "string"}))]),
         None, vec![ok("200", "a page", Some(r("JobPage")))], &["400", "401", "403", "422"]));
     add("/v1/jobs/batch", "post", op("Enqueue jobs atomically", none.clone(),
         Some(body(json!({"type": "object", "required": ["jobs"], "additionalProperties": false,
             "properties": {"jobs": {"type": "array", "items": r("JobSpec"), "minItems": 1}}}))),
-        vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "422"]));
+        vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "415", "422"]));
     add("/v1/flows", "post", op("Enqueue a tree of jobs; each parent depends on its children", none.clone(),
-        Some(body(r("Flow"))), vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "422"]));
+        Some(body(r("Flow"))), vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "415", "422"]));
     add("/v1/jobs/{id}", "get", op("A job", id.clone(), None, vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404"]));
     add("/v1/jobs/{id}", "delete", op("Delete a job that is not running", id.clone(), None, vec![ok("204", "deleted", None)],
         &["400", "401", "403", "404", "409"]));
@@ -109,20 +118,20 @@ pub fn document() -> Value {
         vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
     add("/v1/jobs/retry", "post", op("Bulk redrive of the dead-letter set", none.clone(),
         Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
-            "queue": {"type": "string"}, "kind": {"type": "string"}, "state": {"enum": ["failed", "cancelled"]},
+            "queue": name.clone(), "kind": {"type": "string"}, "state": {"enum": ["failed", "cancelled"]},
             "since": r("Time"), "until": r("Time"), "error": {"type": "string"}}}))),
         vec![ok("200", "how many", Some(json!({"type": "object", "required": ["retried"], "properties": {"retried": {"type": "integer"}}})))],
-        &["400", "401", "403", "422"]));
+        &["400", "401", "403", "415", "422"]));
     add("/v1/claim", "post", op("Claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
         Some(body(json!({"type": "object", "required": ["queues", "worker"], "additionalProperties": false, "properties": {
-            "queues": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100},
-            "worker": {"type": "string", "minLength": 1, "maxLength": 128},
+            "queues": {"type": "array", "items": name.clone(), "minItems": 1, "maxItems": 100},
+            "worker": {"type": "string", "pattern": LABEL_PATTERN},
             "max": {"type": "integer", "minimum": 1, "maximum": 1000},
             "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000},
             "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000}}}))),
         vec![ok("200", "claimed jobs (maybe none)", Some(json!({"type": "object", "required": ["jobs"],
             "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")}}})))],
-        &["400", "401", "403", "422"]));
+        &["400", "401", "403", "415", "422"]));
     let token_body = |extra: Value, required: &[&str]| {
         let mut props = json!({"token": {"type": "string"}});
         for (k, v) in extra.as_object().expect("object") {
@@ -157,31 +166,59 @@ pub fn document() -> Value {
             "rate_limit": {"oneOf": [r("RateLimit"), {"type": "null"}]},
             "group_concurrency": {"type": ["integer", "null"], "minimum": 1},
             "paused": {"type": "boolean"}}}))),
-        vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403", "422"]));
+        vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403", "415", "422"]));
     add("/v1/queues/{queue}/pause", "post", op("Pause a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
     add("/v1/queues/{queue}/resume", "post", op("Resume a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
-    add("/v1/openapi.json", "get", op("This document", none.clone(), None, vec![ok("200", "OpenAPI 3", Some(json!({"type": "object"})))], &[]));
+    let mut doc_op = op("This document", none.clone(), None, vec![ok("200", "OpenAPI 3", Some(json!({"type": "object"})))], &[]);
+    doc_op["security"] = json!([]);
+    add("/v1/openapi.json", "get", doc_op);
     add("/metrics", "get", json!({"summary": "Prometheus metrics", "responses": {"200": {"description": "text format",
         "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": {"description": "error", "content": {"application/json": {"schema": r("Error")}}}}}));
-    add("/healthz", "get", json!({"summary": "Liveness and store reachability", "responses": {
+    add("/healthz", "get", json!({"summary": "Liveness and store reachability", "security": [], "responses": {
         "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}},
         "503": {"description": "store unreachable", "content": {"application/json": {"schema": {"type": "object"}}}}}}));
-    add("/", "get", json!({"summary": "The dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}));
+    add("/", "get", json!({"summary": "The dashboard (asks for a token itself)", "security": [], "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}));
 
+    // Request bodies take `null` for any optional field, meaning "absent".
+    for item in paths.values_mut() {
+        for o in item.as_object_mut().expect("path item").values_mut() {
+            if let Some(schema) = o.pointer_mut("/requestBody/content/application~1json/schema") {
+                nullable_optionals(schema);
+            }
+        }
+    }
+    let mut schemas = schemas();
+    for name in ["JobSpec", "RateLimit", "Backoff"] {
+        nullable_optionals(&mut schemas[name]);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "kyu", "version": env!("CARGO_PKG_VERSION"), "description": "A durable job queue. See DESIGN.md for the contract."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
+            "schemas": schemas,
         },
         "security": [{"bearer": []}],
         "paths": paths,
     })
 }
 
+/// Wraps each optional property of an object schema as `anyOf: [it, null]`.
+fn nullable_optionals(schema: &mut Value) {
+    let required: Vec<String> = schema["required"].as_array().map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for (k, v) in props.iter_mut() {
+            if !required.contains(k) && v.get("anyOf").is_none() {
+                *v = json!({"anyOf": [v.clone(), {"type": "null"}]});
+            }
+        }
+    }
+}
+
 fn schemas() -> Value {
-    let name = json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"});
+    let name = json!({"type": "string", "pattern": NAME_PATTERN});
+    let label = json!({"type": "string", "pattern": LABEL_PATTERN});
+    let id = json!({"type": "string", "pattern": ID_PATTERN});
     json!({
         "Time": {"type": "string", "format": "date-time"},
         "State": {"enum": ["scheduled", "queued", "waiting", "running", "completed", "failed", "cancelled"]},
@@ -194,21 +231,22 @@ fn schemas() -> Value {
              "properties": {"kind": {"const": "fixed"}, "delay_ms": {"type": "integer", "minimum": 0}}}]},
         "RateLimit": {"type": "object", "required": ["max", "per_ms"], "additionalProperties": false,
             "properties": {"max": {"type": "integer", "minimum": 1}, "per_ms": {"type": "integer", "minimum": 1}}},
-        "JobSpec": {"type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
-            "id": {"type": "string", "minLength": 1, "maxLength": 255},
+        "JobSpec": {"type": "object", "required": ["kind"], "additionalProperties": false,
+            "not": {"required": ["run_at", "delay_ms"]}, "properties": {
+            "id": id.clone(),
             "queue": name.clone(), "kind": name.clone(), "payload": {},
             "priority": {"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647},
             "run_at": {"$ref": "#/components/schemas/Time"}, "delay_ms": {"type": "integer", "minimum": 0},
             "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10000},
             "backoff": {"$ref": "#/components/schemas/Backoff"},
             "timeout_ms": {"type": "integer", "minimum": 1},
-            "unique_key": {"type": "string", "minLength": 1, "maxLength": 128},
+            "unique_key": label.clone(),
             "unique_for_ms": {"type": "integer", "minimum": 0},
-            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "depends_on": {"type": "array", "items": id.clone(), "maxItems": 10000},
             "continue_on_failure": {"type": "boolean"},
             "keep_result_ms": {"type": "integer", "minimum": 0},
-            "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}, "maxItems": 32},
-            "group": {"type": "string", "minLength": 1, "maxLength": 128}}},
+            "tags": {"type": "array", "items": label.clone(), "maxItems": 32},
+            "group": label.clone()}},
         "Flow": {"type": "object", "required": ["job"], "additionalProperties": false, "properties": {
             "job": {"$ref": "#/components/schemas/JobSpec"},
             "children": {"type": "array", "items": {"$ref": "#/components/schemas/Flow"}}}},

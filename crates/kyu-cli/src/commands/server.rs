@@ -27,6 +27,7 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         insecure: a.insecure,
         limits: Limits { max_payload_bytes: a.max_payload },
         max_body_bytes: a.max_body,
+        long_poll_cap: a.long_poll_cap,
         ..ServerConfig::default()
     };
     let (keep_result_ms, keep_failed_ms) = (a.keep_result.as_millis() as i64, a.keep_failed.as_millis() as i64);
@@ -95,6 +96,7 @@ fn print_config(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &ServerAr
         ("keep_failed", human(a.keep_failed), source(sub, "keep_failed")),
         ("max_payload", a.max_payload.to_string(), source(sub, "max_payload")),
         ("max_body", a.max_body.to_string(), source(sub, "max_body")),
+        ("long_poll_cap", human(a.long_poll_cap), source(sub, "long_poll_cap")),
     ];
     for (k, v, src) in rows {
         println!("{k:<12} {v:<40} ({src})");

@@ -1,0 +1,266 @@
+//! `kyu server` as a real process, driven over HTTP, on both backends.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Kyu, heavy, http};
+
+fn ok(expected: u16, (status, body): (u16, Value)) -> Value {
+    assert_eq!(status, expected, "answer: {body}");
+    body
+}
+
+fn error_code(expected_status: u16, (status, body): (u16, Value)) -> String {
+    assert_eq!(status, expected_status, "answer: {body}");
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not the error shape: {body}"));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
+    code.to_owned()
+}
+
+/// Every endpoint, the error shape for bad input, and both long polls.
+fn walkthrough(k: &Kyu) {
+    let s = k.server("server", &[]);
+    // Enqueue, duplicate, batch, flow.
+    let job = ok(201, s.call("POST", "/v1/jobs", Some(r#"{"queue":"api","kind":"k","id":"a1","payload":{"x":1},"tags":["t1"]}"#)));
+    assert_eq!(job["state"], "queued");
+    let dup = ok(200, s.call("POST", "/v1/jobs", Some(r#"{"queue":"api","kind":"k","id":"a1"}"#)));
+    assert_eq!(dup["duplicate"], true);
+    let b = ok(201, s.call("POST", "/v1/jobs/batch", Some(r#"{"jobs":[{"queue":"api","kind":"k","id":"b1"},{"queue":"api","kind":"k","id":"b2","delay_ms":3600000}]}"#)));
+    assert_eq!(b["ids"], json!(["b1", "b2"]));
+    assert_eq!(b["jobs"][1]["state"], "scheduled");
+    let f = ok(201, s.call("POST", "/v1/flows", Some(r#"{"job":{"queue":"flow","kind":"parent","id":"p"},"children":[{"job":{"queue":"flow","kind":"child","id":"c1"}},{"job":{"queue":"flow","kind":"child","id":"c2"}}]}"#)));
+    assert_eq!(f["root"], "p");
+    assert_eq!(f["ids"], json!(["c1", "c2", "p"]));
+    let p = ok(200, s.call("GET", "/v1/jobs/p", None));
+    assert_eq!((p["state"].as_str(), p["pending_dependencies"].as_i64()), (Some("waiting"), Some(2)));
+
+    // Reads.
+    let list = ok(200, s.call("GET", "/v1/jobs?queue=api&limit=2", None));
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    assert!(list["next_cursor"].is_string());
+    let tagged = ok(200, s.call("GET", "/v1/jobs?tag=t1", None));
+    assert_eq!(tagged["jobs"][0]["id"], "a1");
+    let queues = ok(200, s.call("GET", "/v1/queues", None));
+    assert!(queues["queues"].as_array().unwrap().iter().any(|q| q["name"] == "api"));
+    let (st, metrics) = s.call("GET", "/metrics", None);
+    assert_eq!(st, 200);
+    assert!(metrics.as_str().unwrap().contains(r#"kyu_jobs{queue="api",state="queued"} 2"#), "{metrics}");
+    let (st, page) = s.call("GET", "/", None);
+    assert_eq!(st, 200);
+    assert!(page.as_str().unwrap().contains("Queues"));
+    ok(200, s.call("GET", "/healthz", None));
+    let doc = ok(200, s.call("GET", "/v1/openapi.json", None));
+    assert!(doc["paths"]["/v1/claim"]["post"].is_object());
+
+    // The worker protocol.
+    let claimed = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["api"],"worker":"w1","max":10,"lease_ms":30000}"#)));
+    let jobs = claimed["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 2, "a1 and b1 (b2 is delayed)");
+    let (a1, b1) = (&jobs[0], &jobs[1]);
+    let tok = |j: &Value| j["token"].as_str().unwrap().to_owned();
+    let hb = ok(200, s.call("POST", "/v1/jobs/a1/heartbeat", Some(&json!({"token": tok(a1), "lease_ms": 60000}).to_string())));
+    assert_eq!(hb["cancel_requested"], false);
+    ok(204, s.call("POST", "/v1/jobs/a1/checkpoint", Some(&json!({"token": tok(a1), "checkpoint": {"step": 2}}).to_string())));
+    ok(204, s.call("POST", "/v1/jobs/a1/progress", Some(&json!({"token": tok(a1), "progress": 50}).to_string())));
+    let done = ok(200, s.call("POST", "/v1/jobs/a1/complete", Some(&json!({"token": tok(a1), "result": {"ok": true}}).to_string())));
+    assert_eq!((done["state"].as_str(), done["checkpoint"]["step"].as_i64(), done["progress"].as_i64()), (Some("completed"), Some(2), Some(50)));
+    assert_eq!(error_code(409, s.call("POST", "/v1/jobs/a1/complete", Some(&json!({"token": tok(a1)}).to_string()))), "conflict");
+    let failed = ok(200, s.call("POST", "/v1/jobs/b1/fail", Some(&json!({"token": tok(b1), "error": "nope", "retry": false}).to_string())));
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(ok(200, s.call("POST", "/v1/jobs/b1/retry", None))["state"], "queued");
+    let again = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["api"],"worker":"w1"}"#)));
+    let b1 = again["jobs"][0].clone();
+    let snoozed = ok(200, s.call("POST", "/v1/jobs/b1/snooze", Some(&json!({"token": tok(&b1), "delay_ms": 3600000}).to_string())));
+    assert_eq!((snoozed["state"].as_str(), snoozed["attempt"].as_i64()), (Some("scheduled"), Some(0)));
+    assert_eq!(ok(200, s.call("POST", "/v1/jobs/b1/cancel", None))["state"], "cancelled");
+    assert_eq!(ok(200, s.call("POST", "/v1/jobs/retry", Some(r#"{"state":"cancelled","queue":"api"}"#)))["retried"], 1);
+    ok(200, s.call("POST", "/v1/jobs/b1/cancel", None));
+    ok(204, s.call("DELETE", "/v1/jobs/b1", None));
+    assert_eq!(error_code(404, s.call("GET", "/v1/jobs/b1", None)), "not_found");
+
+    // Queues.
+    let q = ok(200, s.call("PATCH", "/v1/queues/api", Some(r#"{"concurrency":3,"rate_limit":{"max":10,"per_ms":1000}}"#)));
+    assert_eq!((q["concurrency"].as_i64(), q["rate_limit"]["max"].as_i64()), (Some(3), Some(10)));
+    let q = ok(200, s.call("PATCH", "/v1/queues/api", Some(r#"{"concurrency":null}"#)));
+    assert!(q["concurrency"].is_null() && q["rate_limit"]["max"] == 10, "null clears, absent keeps: {q}");
+    assert_eq!(ok(200, s.call("POST", "/v1/queues/api/pause", None))["paused"], true);
+    assert_eq!(ok(200, s.call("POST", "/v1/queues/api/resume", None))["paused"], false);
+
+    // Long polls: a claim waits for an enqueue; a result waits for a completion.
+    let url = s.url.clone();
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        http(&url, "POST", "/v1/jobs", None, Some(r#"{"queue":"lp","kind":"k","id":"lp1"}"#))
+    });
+    let started = Instant::now();
+    let claimed = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["lp"],"worker":"w2","wait_ms":20000}"#)));
+    assert_eq!(claimed["jobs"][0]["id"], "lp1", "woken by the enqueue");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    producer.join().unwrap();
+    let token = claimed["jobs"][0]["token"].as_str().unwrap().to_owned();
+    let url = s.url.clone();
+    let finisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        http(&url, "POST", "/v1/jobs/lp1/complete", None, Some(&json!({"token": token, "result": 7}).to_string()))
+    });
+    let waited = ok(200, s.call("GET", "/v1/jobs/lp1/result?wait_ms=20000", None));
+    assert_eq!((waited["state"].as_str(), waited["result"].as_i64()), (Some("completed"), Some(7)));
+    finisher.join().unwrap();
+    let quick = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["empty"],"worker":"w","wait_ms":100}"#)));
+    assert_eq!(quick["jobs"], json!([]));
+
+    // Bad input: a clear 4xx in the error shape, never a 5xx, nothing written.
+    let bad: &[(&str, &str, Option<&str>, u16)] = &[
+        ("POST", "/v1/jobs", Some("{not json"), 400),
+        ("POST", "/v1/jobs", Some(r#"{"kind":"k","max_atempts":3}"#), 422),
+        ("POST", "/v1/jobs", Some(r#"{"kind":"bad kind"}"#), 422),
+        ("POST", "/v1/jobs", Some(r#"{"kind":"k","depends_on":["ghost"]}"#), 422),
+        ("POST", "/v1/jobs", Some(r#"{"kind":"k","priority":"high"}"#), 422),
+        ("POST", "/v1/jobs/batch", Some(r#"{"jobs":[{"kind":"k"},{"kind":"bad kind"}]}"#), 422),
+        ("POST", "/v1/jobs/batch", Some(r#"{"jobs":[]}"#), 422),
+        ("POST", "/v1/claim", Some(r#"{"queues":["q"],"worker":"w","max":0}"#), 422),
+        ("POST", "/v1/claim", Some(r#"{"queues":["q"],"worker":"w","wait_ms":999999}"#), 422),
+        ("POST", "/v1/claim", Some(r#"{"queues":[],"worker":"w"}"#), 422),
+        ("POST", "/v1/jobs/lp1/complete", Some(r#"{"token":"forged"}"#), 409),
+        ("POST", "/v1/jobs/ghost/heartbeat", Some(r#"{"token":"t"}"#), 404),
+        ("GET", "/v1/jobs?state=sleeping", None, 422),
+        ("GET", "/v1/jobs?limit=0", None, 422),
+        ("GET", "/v1/jobs?cursor=zzz", None, 422),
+        ("GET", "/v1/jobs/lp1/result?wait_ms=-1", None, 400),
+        ("PATCH", "/v1/queues/api", Some(r#"{"concurrency":-1}"#), 422),
+        ("PATCH", "/v1/queues/api", Some(r#"{"rate_limit":{"max":0,"per_ms":1}}"#), 422),
+        ("POST", "/v1/queues/bad%20queue/pause", None, 400),
+    ];
+    for (method, path, body, status) in bad {
+        error_code(*status, s.call(method, path, *body));
+    }
+    let big_payload = format!(r#"{{"kind":"k","id":"huge","payload":"{}"}}"#, "x".repeat(1_100_000));
+    assert_eq!(error_code(413, s.call("POST", "/v1/jobs", Some(&big_payload))), "too_large");
+    let big_body = format!(r#"{{"jobs":[{{"kind":"k","payload":"{}"}}]}}"#, "x".repeat(17 << 20));
+    assert_eq!(error_code(413, s.call("POST", "/v1/jobs/batch", Some(&big_body))), "too_large");
+    error_code(404, s.call("GET", "/v1/jobs/huge", None));
+    ok(200, s.call("GET", "/healthz", None)); // still serving
+}
+
+#[test]
+fn server_walkthrough_sqlite() {
+    let _h = heavy();
+    walkthrough(&Kyu::new());
+}
+
+#[test]
+fn server_walkthrough_postgres() {
+    let _h = heavy();
+    walkthrough(&Kyu::postgres());
+}
+
+#[test]
+fn auth_roles() {
+    let k = Kyu::new();
+    let s = k.server("auth", &["--token", "admin:admin-secret", "--token", "producer:prod-secret", "--token", "worker:work-secret"]);
+    let call = |token: Option<&str>, method: &str, path: &str, body: Option<&str>| http(&s.url, method, path, token, body);
+    assert_eq!(error_code(401, call(None, "GET", "/v1/jobs", None)), "unauthorized");
+    assert_eq!(error_code(401, call(Some("wrong-secret"), "GET", "/v1/jobs", None)), "unauthorized");
+    assert_eq!(call(None, "GET", "/healthz", None).0, 200, "liveness needs no token");
+    let job = r#"{"queue":"q","kind":"k","id":"j1"}"#;
+    assert_eq!(error_code(403, call(Some("work-secret"), "POST", "/v1/jobs", Some(job))), "forbidden");
+    assert_eq!(call(Some("prod-secret"), "POST", "/v1/jobs", Some(job)).0, 201);
+    assert_eq!(call(Some("prod-secret"), "GET", "/v1/jobs/j1", None).0, 200, "producers read");
+    let claim = r#"{"queues":["q"],"worker":"w"}"#;
+    assert_eq!(error_code(403, call(Some("prod-secret"), "POST", "/v1/claim", Some(claim))), "forbidden");
+    let claimed = call(Some("work-secret"), "POST", "/v1/claim", Some(claim));
+    assert_eq!(claimed.0, 200);
+    assert_eq!(call(Some("work-secret"), "GET", "/v1/jobs/j1", None).0, 200, "workers read");
+    assert_eq!(error_code(403, call(Some("work-secret"), "POST", "/v1/jobs/j1/cancel", None)), "forbidden");
+    assert_eq!(error_code(403, call(Some("prod-secret"), "POST", "/v1/queues/q/pause", None)), "forbidden");
+    assert_eq!(call(Some("admin-secret"), "POST", "/v1/jobs/j1/cancel", None).0, 200);
+    assert_eq!(call(Some("admin-secret"), "POST", "/v1/queues/q/pause", None).0, 200);
+    // The dashboard asks for a token, then remembers it in a cookie.
+    let (st, page) = call(None, "GET", "/", None);
+    assert_eq!(st, 200);
+    assert!(page.as_str().unwrap().contains("Token"), "a login form");
+    // The CLI passes KYU_TOKEN.
+    let out = k.command(&["--url", &s.url, "jobs"]).env_remove("KYU_DATABASE_URL").env("KYU_TOKEN", "prod-secret").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.command(&["--url", &s.url, "cancel", "j1"]).env("KYU_TOKEN", "prod-secret").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn refuses_to_listen_beyond_loopback_without_tokens() {
+    let k = Kyu::new();
+    let out = k.run(&["server", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly_during_a_long_poll() {
+    let k = Kyu::new();
+    let mut s = k.server("shutdown", &[]);
+    let url = s.url.clone();
+    let poller = std::thread::spawn(move || http(&url, "POST", "/v1/claim", None, Some(r#"{"queues":["q"],"worker":"w","wait_ms":60000}"#)));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert!(s.stop().success(), "exit 0 on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (status, body) = poller.join().unwrap();
+    assert_eq!((status, body["jobs"].clone()), (200, json!([])), "the long poll answered");
+}
+
+/// Two servers on one PostgreSQL, a worker on each: every job completes
+/// exactly once and both servers hand out work.
+#[test]
+fn two_servers_share_one_postgres() {
+    let _h = heavy();
+    let k = Kyu::postgres();
+    k.ok(&["queues"]); // create the schema once
+    let s1 = k.server("s1", &[]);
+    let s2 = k.server("s2", &[]);
+    let n = 400;
+    let jobs: Vec<String> = (0..n).map(|i| format!(r#"{{"queue":"shared","kind":"k","id":"j{i}","payload":{i}}}"#)).collect();
+    let (st, _) = http(&s1.url, "POST", "/v1/jobs/batch", None, Some(&format!(r#"{{"jobs":[{}]}}"#, jobs.join(","))));
+    assert_eq!(st, 201);
+    let log = k.path("runs.txt");
+    let script = format!(r#"echo "$KYU_JOB_ID" >> {}; cat"#, log.display());
+    let w1 = k.spawn("w1", &["--url", &s1.url, "work", "-q", "shared", "-c", "4", "--name", "via-s1", "--", "sh", "-c", &script]);
+    let w2 = k.spawn("w2", &["--url", &s2.url, "work", "-q", "shared", "-c", "4", "--name", "via-s2", "--", "sh", "-c", &script]);
+    k.wait_count("completed", n);
+    assert!(crate::support::terminate(w1).success());
+    assert!(crate::support::terminate(w2).success());
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = runs.lines().collect();
+    let unique: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!((lines.len(), unique.len()), (n, n), "each job ran exactly once");
+    let page = k.json(&["jobs", "--limit", "1000"]);
+    let by: std::collections::HashSet<String> = page["jobs"].as_array().unwrap().iter().map(|j| j["worker"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(by.len(), 2, "both servers handed out work: {by:?}");
+    drop((s1, s2));
+}
+
+/// The protocol from another language: the stdlib-only Python worker in
+/// examples/ claims, heartbeats, checkpoints, resumes and completes.
+#[test]
+fn python_worker_example() {
+    let k = Kyu::new();
+    let s = k.server("py", &[]);
+    ok(201, s.call("POST", "/v1/jobs", Some(r#"{"queue":"demo","kind":"sum","id":"py1","payload":{"numbers":[1,2,3]}}"#)));
+    ok(201, s.call("POST", "/v1/jobs", Some(r#"{"queue":"demo","kind":"sum","id":"py2","payload":{"numbers":[10,20],"fail_once_at":"transform"}}"#)));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python_worker.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--queue", "demo", "--max-jobs", "3"])
+        .env("KYU_URL", &s.url)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let py1 = ok(200, s.call("GET", "/v1/jobs/py1", None));
+    assert_eq!(py1["result"], json!({"sum": 12, "resumed_from": [], "attempt": 1}), "{stdout}");
+    let py2 = ok(200, s.call("GET", "/v1/jobs/py2", None));
+    assert_eq!(py2["state"], "completed", "{stdout}");
+    assert_eq!(py2["result"], json!({"sum": 60, "resumed_from": ["fetch"], "attempt": 2}), "resumed after the failed step: {stdout}");
+    assert_eq!(py2["errors"][0]["message"], "simulated failure in transform");
+    assert_eq!(py2["progress"], json!({"step": "store"}));
+}
