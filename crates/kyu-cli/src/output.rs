@@ -67,6 +67,10 @@ pub fn job_details(job: &Job) {
         let ids: Vec<&str> = job.depends_on.iter().map(|d| d.as_str()).collect();
         rows.push(("depends_on", format!("{} ({} pending)", ids.join(", "), job.pending_dependencies)));
     }
+    if !job.dependents.is_empty() {
+        let ids: Vec<&str> = job.dependents.iter().map(|d| d.as_str()).collect();
+        rows.push(("dependents", ids.join(", ")));
+    }
     if let Some(c) = &job.checkpoint {
         rows.push(("checkpoint", compact(c)));
     }

@@ -196,6 +196,11 @@ impl Store for HttpStore {
         collect(tasks).await
     }
 
+    async fn job_add_children(&self, p: JobAddChildrenParams) -> Result<AddedChildren, StoreError> {
+        let jobs = p.jobs.into_iter().map(spec_of).collect::<Result<Vec<_>, _>>()?;
+        self.post(&format!("/v1/jobs/{}/children", p.id), json!({"token": p.token, "jobs": jobs, "wait": p.wait})).await
+    }
+
     async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {
         if let Some(c) = p.checkpoint {
             let _: Value = self.post(&format!("/v1/jobs/{}/checkpoint", p.id), json!({"token": p.token, "checkpoint": c})).await?;

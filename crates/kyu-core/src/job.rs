@@ -164,6 +164,10 @@ pub struct Job {
     pub depends_on: Vec<JobId>,
     /// Of `depends_on`, how many have not completed yet.
     pub pending_dependencies: i64,
+    /// Jobs waiting for this one. Filled in when one job is read by id
+    /// (`GET /v1/jobs/{id}`, `kyu status`); empty in lists.
+    #[serde(default)]
+    pub dependents: Vec<JobId>,
     /// Run even if a dependency failed or was cancelled.
     pub continue_on_failure: bool,
     /// The handler's return value.

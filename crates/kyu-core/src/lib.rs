@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod flow;
 pub mod job;
 pub mod retry;
 pub mod spec;
@@ -21,6 +22,7 @@ pub mod state;
 pub mod time;
 pub mod transition;
 
+pub use flow::Flow;
 pub use job::{new_token, ClaimedJob, ErrorEntry, Job, JobId, QueueInfo, QueueName, RateLimit};
 pub use retry::Backoff;
 pub use spec::{JobSpec, Limits, NewJob, ValidationError};

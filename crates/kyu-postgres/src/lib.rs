@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod children;
 mod claim;
 mod conn;
 mod error;
@@ -267,6 +268,10 @@ impl Store for PgStore {
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
         in_tx!(self, tx => finish::heartbeat_many(&tx, p).await)
+    }
+
+    async fn job_add_children(&self, p: JobAddChildrenParams) -> Result<AddedChildren, StoreError> {
+        in_tx!(self, tx => children::add_children(&tx, p).await)
     }
 
     async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {

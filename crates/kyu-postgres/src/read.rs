@@ -70,6 +70,7 @@ pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
             Some(v) => serde_json::from_value(v).map_err(|e| bad("depends_on", e))?,
             None => Vec::new(),
         },
+        dependents: Vec::new(),
         pending_dependencies: i64::from(r.try_get::<_, i32>(15).db()?),
         continue_on_failure: r.try_get(16).db()?,
         result: r.try_get(17).db()?,
@@ -93,10 +94,20 @@ pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
 
 pub(crate) async fn job_get(c: &impl Conn, id: &str) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = $1");
-    match c.query_opt(&sql, &[&id]).await.db()? {
-        Some(r) => Ok(Some(job_from_row(&r)?)),
-        None => Ok(None),
+    let Some(row) = c.query_opt(&sql, &[&id]).await.db()? else { return Ok(None) };
+    let mut job = job_from_row(&row)?;
+    let rows = c
+        .query(
+            "SELECT j.id FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
+             WHERE d.dep_seq = (SELECT seq FROM kyu_jobs WHERE id = $1) ORDER BY j.seq",
+            &[&id],
+        )
+        .await
+        .db()?;
+    for r in rows {
+        job.dependents.push(job_id(r.try_get(0).db()?)?);
     }
+    Ok(Some(job))
 }
 
 pub(crate) async fn job_must(c: &impl Conn, id: &JobId) -> Result<Job, StoreError> {

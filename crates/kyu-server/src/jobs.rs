@@ -1,6 +1,5 @@
 //! Producer and operator endpoints for jobs.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -71,48 +70,17 @@ pub(crate) async fn batch<S: Store>(State(app): State<AppState<S>>, Json(b): Jso
     Ok((StatusCode::CREATED, axum::Json(BatchAnswer { root: None, ids, jobs: inserted })).into_response())
 }
 
-/// A flow: a job and the subtrees it depends on.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Flow {
-    job: JobSpec,
-    #[serde(default)]
-    children: Vec<Flow>,
-}
-
 /// `POST /v1/flows`: each parent depends on its children; one atomic insert,
 /// children first, so every dependency exists before its dependent.
-pub(crate) async fn flow<S: Store>(State(app): State<AppState<S>>, Json(tree): Json<Flow>) -> ApiResult<Response> {
-    let mut out: Vec<NewJob> = Vec::new();
-    let mut seen = HashSet::new();
-    let root = flatten(&app, tree, &mut out, &mut seen, 0)?;
-    if out.len() > app.config.max_batch {
+pub(crate) async fn flow<S: Store>(State(app): State<AppState<S>>, Json(tree): Json<kyu_core::Flow>) -> ApiResult<Response> {
+    let (root, specs) = tree.flatten()?;
+    if specs.len() > app.config.max_batch {
         return Err(ApiError::invalid("children", format!("at most {} jobs per flow", app.config.max_batch)));
     }
-    let inserted = app.store.job_insert_many(JobInsertManyParams { jobs: out }).await?;
+    let jobs = specs.into_iter().map(|s| validate(&app, s, None)).collect::<ApiResult<Vec<_>>>()?;
+    let inserted = app.store.job_insert_many(JobInsertManyParams { jobs }).await?;
     let ids = inserted.iter().map(|i| i.id.clone()).collect();
     Ok((StatusCode::CREATED, axum::Json(BatchAnswer { root: Some(root), ids, jobs: inserted })).into_response())
-}
-
-fn flatten<S: Store>(app: &AppState<S>, node: Flow, out: &mut Vec<NewJob>, seen: &mut HashSet<JobId>, depth: usize) -> ApiResult<JobId> {
-    if depth > 64 {
-        return Err(ApiError::invalid("children", "a flow may be at most 64 levels deep"));
-    }
-    let mut spec = node.job;
-    if spec.id.is_none() {
-        spec.id = Some(JobId::generate().to_string());
-    }
-    for child in node.children {
-        let child_id = flatten(app, child, out, seen, depth + 1)?;
-        spec.depends_on.push(child_id.to_string());
-    }
-    let job = validate(app, spec, None)?;
-    if !seen.insert(job.id.clone()) {
-        return Err(ApiError::invalid("id", format!("`{}` appears twice in the flow", job.id)));
-    }
-    let id = job.id.clone();
-    out.push(job);
-    Ok(id)
 }
 
 /// `GET /v1/jobs/{id}`.

@@ -133,6 +133,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/jobs/{id}/snooze", post(worker::snooze::<S>))
         .route("/v1/jobs/{id}/checkpoint", post(worker::checkpoint::<S>))
         .route("/v1/jobs/{id}/progress", post(worker::progress::<S>))
+        .route("/v1/jobs/{id}/children", post(worker::children::<S>))
         .route("/v1/queues", get(queues::list::<S>))
         .route("/v1/queues/{queue}", patch(queues::patch::<S>))
         .route("/v1/queues/{queue}/pause", post(queues::pause::<S>))

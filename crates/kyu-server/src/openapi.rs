@@ -23,6 +23,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{id}/snooze"),
     ("post", "/v1/jobs/{id}/checkpoint"),
     ("post", "/v1/jobs/{id}/progress"),
+    ("post", "/v1/jobs/{id}/children"),
     ("get", "/v1/queues"),
     ("patch", "/v1/queues/{queue}"),
     ("post", "/v1/queues/{queue}/pause"),
@@ -157,6 +158,10 @@ pub fn document() -> Value {
         Some(token_body(json!({"checkpoint": {}}), &["checkpoint"])), vec![ok("204", "saved", None)], report_errs));
     add("/v1/jobs/{id}/progress", "post", op("Report progress (fenced by the token)", id.clone(),
         Some(token_body(json!({"progress": {}}), &["progress"])), vec![ok("204", "saved", None)], report_errs));
+    add("/v1/jobs/{id}/children", "post", op("Add children; with wait, the job waits for them (lease released)", id.clone(),
+        Some(token_body(json!({"jobs": {"type": "array", "items": r("JobSpec"), "minItems": 1}, "wait": {"type": "boolean"}}), &["jobs"])),
+        vec![ok("200", "added", Some(json!({"type": "object", "required": ["children", "waiting"], "properties": {
+            "children": {"type": "array", "items": {"type": "object"}}, "waiting": {"type": "boolean"}}})))], report_errs));
     add("/v1/queues", "get", op("Queues with settings and counts", none.clone(), None,
         vec![ok("200", "queues", Some(json!({"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": r("Queue")}}})))],
         &["401", "403"]));

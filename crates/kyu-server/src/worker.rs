@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use kyu_core::transition::Failure;
 use kyu_core::{ClaimedJob, Job, JobId, QueueName};
-use kyu_store::{JobClaimParams, JobHeartbeatParams, JobSaveParams, Outcome, Report, Store, StoreEvent};
+use kyu_store::{AddedChildren, JobAddChildrenParams, JobClaimParams, JobHeartbeatParams, JobSaveParams, Outcome, Report, Store, StoreEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -225,4 +225,40 @@ async fn save<S: Store>(app: &AppState<S>, id: String, token: String, checkpoint
     }
     app.store.job_save(JobSaveParams { id: job_id(id)?, token, checkpoint, progress }).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChildrenRequest {
+    token: String,
+    jobs: Vec<kyu_core::JobSpec>,
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `POST /v1/jobs/{id}/children`: a running job adds children; with `wait`
+/// it moves to `waiting` (lease released, attempt given back) and runs again
+/// once they completed. A worker must not report on it after `waiting: true`.
+pub(crate) async fn children<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<ChildrenRequest>,
+) -> ApiResult<axum::Json<AddedChildren>> {
+    if r.jobs.is_empty() || r.jobs.len() > app.config.max_batch {
+        return Err(ApiError::invalid("jobs", format!("give 1 to {} jobs", app.config.max_batch)));
+    }
+    let now = app.store.clock().now();
+    let jobs = r
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.validate(now, &app.config.limits).map_err(|mut e| {
+                e.field = format!("jobs[{i}].{}", e.field);
+                ApiError::from(e)
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let added = app.store.job_add_children(JobAddChildrenParams { id: job_id(id)?, token: r.token, jobs, wait: r.wait }).await?;
+    Ok(axum::Json(added))
 }

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod children;
 mod claim;
 mod error;
 mod finish;
@@ -207,6 +208,10 @@ impl Store for SqliteStore {
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
         self.inner.writer.write(move |tx| Ok(finish::heartbeat_many(tx, p))).await
+    }
+
+    async fn job_add_children(&self, p: JobAddChildrenParams) -> Result<AddedChildren, StoreError> {
+        self.inner.writer.write(move |tx| children::add_children(tx, p)).await
     }
 
     async fn job_save(&self, p: JobSaveParams) -> Result<(), StoreError> {

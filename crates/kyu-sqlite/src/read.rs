@@ -70,6 +70,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         unique_key: row.get(12)?,
         unique_for_ms: row.get(13)?,
         depends_on: opt::<Json<_>>(row, 14)?.map(|j| j.0).unwrap_or_default(),
+        dependents: Vec::new(),
         pending_dependencies: row.get(15)?,
         continue_on_failure: row.get(16)?,
         result: opt::<Json<_>>(row, 17)?.map(|j| j.0),
@@ -94,7 +95,20 @@ fn conversion(i: usize, e: String) -> rusqlite::Error {
 
 pub(crate) fn job_get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = ?1");
-    conn.prepare_cached(&sql).db()?.query_row([id], job_from_row).optional().db()
+    let Some(mut job) = conn.prepare_cached(&sql).db()?.query_row([id], job_from_row).optional().db()? else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT j.id FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
+             WHERE d.dep_seq = (SELECT seq FROM kyu_jobs WHERE id = ?1) ORDER BY j.seq",
+        )
+        .db()?;
+    let ids = stmt.query_map([id], |r| r.get::<_, String>(0)).db()?;
+    for i in ids {
+        job.dependents.push(JobId::new(i.db()?).map_err(|e| StoreError::Backend(e.into()))?);
+    }
+    Ok(Some(job))
 }
 
 /// Like [`job_get`], but a missing job is an error.

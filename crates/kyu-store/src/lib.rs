@@ -70,6 +70,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         p: JobHeartbeatParams,
     ) -> impl Future<Output = Result<Vec<Result<Heartbeat, StoreError>>, StoreError>> + Send;
 
+    /// A running job adds child jobs, fenced by its token. With `wait`, the
+    /// job moves to `waiting` in the same transaction (lease released,
+    /// attempt given back, the children added to its `depends_on`) and
+    /// becomes claimable again once every child completed, its checkpoint
+    /// intact and the children's results in `dependency_results`.
+    fn job_add_children(&self, p: JobAddChildrenParams) -> impl Future<Output = Result<AddedChildren, StoreError>> + Send;
+
     /// Saves a running job's checkpoint and/or progress, fenced by its token.
     fn job_save(&self, p: JobSaveParams) -> impl Future<Output = Result<(), StoreError>> + Send;
 

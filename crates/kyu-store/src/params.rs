@@ -111,6 +111,28 @@ pub struct JobSaveParams {
     pub progress: Option<Value>,
 }
 
+/// Children added by a running job.
+#[derive(Clone, Debug)]
+pub struct JobAddChildrenParams {
+    /// The running (parent) job.
+    pub id: JobId,
+    /// Its claim token.
+    pub token: String,
+    /// The children, inserted as one batch (a child may depend on an earlier one).
+    pub jobs: Vec<NewJob>,
+    /// Wait for them: the parent moves to `waiting` and runs again once they completed.
+    pub wait: bool,
+}
+
+/// What adding children did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedChildren {
+    /// The children (duplicates name the existing job).
+    pub children: Vec<Inserted>,
+    /// The parent now waits for them (false if not asked to, or if they had all completed already).
+    pub waiting: bool,
+}
+
 /// A page request for [`crate::Store::job_list`].
 #[derive(Clone, Debug, Default)]
 pub struct JobListParams {

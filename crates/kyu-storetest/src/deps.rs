@@ -123,3 +123,143 @@ pub async fn cancel_parent_and_child<S: Store>(s: S) {
     assert_eq!(get(&s, &p2).await.state, JobState::Cancelled);
     let _ = b;
 }
+
+fn validated<S: Store>(s: &S, specs: Vec<JobSpec>) -> Vec<kyu_core::NewJob> {
+    let now = s.clock().now();
+    specs.into_iter().map(|sp| sp.validate(now, &kyu_core::Limits::default()).unwrap()).collect()
+}
+
+pub async fn chord_of_three_fans_in<S: Store>(s: S) {
+    let group = (1..=3).map(|i| { let mut sp = spec("chord", "part"); sp.payload = json!(i); sp }).collect();
+    let jobs = validated(&s, kyu_core::flow::chord(group, spec("chord", "sum")));
+    let callback = jobs[3].id.clone();
+    s.job_insert_many(kyu_store::JobInsertManyParams { jobs }).await.unwrap();
+    for j in claim(&s, "chord", 10).await {
+        let n = j.payload.as_i64().unwrap();
+        complete(&s, &j, json!(n * 10)).await.unwrap();
+    }
+    let cb = claim_one(&s, "chord").await;
+    assert_eq!(cb.id, callback);
+    let mut results: Vec<i64> = cb.dependency_results.values().map(|v| v.as_i64().unwrap()).collect();
+    results.sort();
+    assert_eq!(results, [10, 20, 30]);
+}
+
+pub async fn chain_of_five_passes_results<S: Store>(s: S) {
+    let steps = (0..5).map(|_| spec("chain", "step")).collect();
+    let jobs = validated(&s, kyu_core::flow::chain(steps));
+    let last = jobs[4].id.clone();
+    s.job_insert_many(kyu_store::JobInsertManyParams { jobs }).await.unwrap();
+    for step in 0..5 {
+        let running = claim(&s, "chain", 10).await;
+        assert_eq!(running.len(), 1, "one step at a time");
+        let j = &running[0];
+        let prev = j.dependency_results.values().next().map_or(0, |v| v.as_i64().unwrap());
+        assert_eq!(prev, step, "each step sees the one before's result");
+        complete(&s, j, json!(prev + 1)).await.unwrap();
+    }
+    assert_eq!(get(&s, &last).await.result, Some(json!(5)));
+}
+
+pub async fn children_with_wait_resume_from_checkpoint<S: Store>(s: S) {
+    use kyu_store::{JobAddChildrenParams, JobSaveParams};
+    let parent = enqueue(&s, spec("dyn", "parent")).await;
+    let run1 = claim_one(&s, "dyn").await;
+    assert_eq!(run1.attempt, 1);
+    let save = |token: &str, cp: serde_json::Value| JobSaveParams { id: parent.clone(), token: token.into(), checkpoint: Some(cp), progress: None };
+    s.job_save(save(&run1.token, json!({"phase": "children added"}))).await.unwrap();
+    let kids = validated(&s, vec![spec("dyn-kids", "child"), spec("dyn-kids", "child")]);
+    // Fenced: a stale token adds nothing.
+    let forged = JobAddChildrenParams { id: parent.clone(), token: "forged".into(), jobs: kids.clone(), wait: true };
+    assert_conflict(s.job_add_children(forged).await);
+    assert!(s.job_get(&kids[0].id).await.unwrap().is_none());
+    let added = s
+        .job_add_children(JobAddChildrenParams { id: parent.clone(), token: run1.token.clone(), jobs: kids, wait: true })
+        .await
+        .unwrap();
+    assert!(added.waiting);
+    let p = get(&s, &parent).await;
+    assert_eq!((p.state, p.attempt, p.pending_dependencies), (JobState::Waiting, 0, 2), "lease released, attempt given back");
+    assert_eq!(p.depends_on.len(), 2);
+    assert_conflict(complete(&s, &run1, json!("too early")).await);
+    assert!(claim(&s, "dyn", 1).await.is_empty());
+    let child = get(&s, &added.children[0].id).await;
+    assert_eq!(child.dependents, vec![parent.clone()], "a child knows who waits for it");
+    for (i, k) in claim(&s, "dyn-kids", 10).await.iter().enumerate() {
+        complete(&s, k, json!(i)).await.unwrap();
+    }
+    // The parent runs again with the same attempt number and its checkpoint.
+    let run2 = claim_one(&s, "dyn").await;
+    assert_eq!(run2.attempt, 1);
+    assert_eq!(run2.checkpoint, Some(json!({"phase": "children added"})));
+    assert_eq!(run2.dependency_results.len(), 2);
+    // Its worker is killed: the lease expires, the attempt counts, and the
+    // next run still has the checkpoint and the children's results.
+    s.job_save(save(&run2.token, json!({"phase": "merging"}))).await.unwrap();
+    s.clock().advance(31_000);
+    s.job_rescue().await.unwrap();
+    s.clock().advance(5_000);
+    let run3 = claim_one(&s, "dyn").await;
+    assert_eq!(run3.attempt, 2);
+    assert_eq!(run3.checkpoint, Some(json!({"phase": "merging"})));
+    assert_eq!(run3.dependency_results.len(), 2);
+    complete(&s, &run3, json!("merged")).await.unwrap();
+    let p = get(&s, &parent).await;
+    assert_eq!((p.state, p.errors.len()), (JobState::Completed, 1));
+    assert_eq!(p.errors[0].message, "lease expired");
+}
+
+pub async fn children_without_wait_and_failed_child<S: Store>(s: S) {
+    use kyu_store::JobAddChildrenParams;
+    let parent = enqueue(&s, spec("nowait", "parent")).await;
+    let run = claim_one(&s, "nowait").await;
+    let kids = validated(&s, vec![spec("nowait-kids", "child")]);
+    let added = s.job_add_children(JobAddChildrenParams { id: parent.clone(), token: run.token.clone(), jobs: kids, wait: false }).await.unwrap();
+    assert!(!added.waiting);
+    assert_eq!(get(&s, &parent).await.state, JobState::Running, "the parent goes on");
+    complete(&s, &run, json!(null)).await.unwrap();
+    assert_eq!(get(&s, &added.children[0].id).await.state, JobState::Queued);
+
+    // A child that fails fails the parent waiting for it.
+    let parent = enqueue(&s, spec("failkid", "parent")).await;
+    let run = claim_one(&s, "failkid").await;
+    let mut kid = spec("failkid-kids", "child");
+    kid.max_attempts = Some(1);
+    let kids = validated(&s, vec![kid]);
+    let kid_id = kids[0].id.clone();
+    s.job_add_children(JobAddChildrenParams { id: parent.clone(), token: run.token, jobs: kids, wait: true }).await.unwrap();
+    let k = claim_one(&s, "failkid-kids").await;
+    fail(&s, &k, "child broke").await.unwrap();
+    let p = get(&s, &parent).await;
+    assert_eq!(p.state, JobState::Failed);
+    assert!(p.errors.last().unwrap().message.contains(kid_id.as_str()));
+}
+
+pub async fn flow_of_ten_thousand_releases_parent_once<S: Store>(s: S) {
+    let n = 10_000;
+    let flow = kyu_core::Flow {
+        job: spec("big-parent", "parent"),
+        children: (0..n).map(|_| kyu_core::Flow { job: spec("big-kids", "child"), children: vec![] }).collect(),
+    };
+    let (root, specs) = flow.flatten().unwrap();
+    let jobs = validated(&s, specs);
+    s.job_insert_many(kyu_store::JobInsertManyParams { jobs }).await.unwrap();
+    assert_eq!(get(&s, &root).await.pending_dependencies, n as i64);
+    let mut done = 0;
+    while done < n {
+        let batch = claim(&s, "big-kids", 500).await;
+        assert!(!batch.is_empty());
+        assert!(claim(&s, "big-parent", 1).await.is_empty(), "not before the last child");
+        let reports = batch
+            .iter()
+            .map(|j| kyu_store::Report { id: j.id.clone(), token: j.token.clone(), outcome: kyu_store::Outcome::Complete { result: json!(1) } })
+            .collect();
+        for r in s.job_report_many(reports).await.unwrap() {
+            r.unwrap();
+        }
+        done += batch.len();
+    }
+    let parents = claim(&s, "big-parent", 10).await;
+    assert_eq!(parents.len(), 1, "released exactly once");
+    assert_eq!(parents[0].dependency_results.len(), n);
+}

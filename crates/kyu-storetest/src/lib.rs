@@ -70,6 +70,11 @@ macro_rules! conformance {
             deps::continue_on_failure_runs,
             deps::unknown_dependency_refused,
             deps::cancel_parent_and_child,
+            deps::chord_of_three_fans_in,
+            deps::chain_of_five_passes_results,
+            deps::children_with_wait_resume_from_checkpoint,
+            deps::children_without_wait_and_failed_child,
+            deps::flow_of_ten_thousand_releases_parent_once,
             race::concurrent_claimers_never_share_a_job,
             race::concurrent_reports_and_claims
         );

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kyu_core::{ClaimedJob, JobId};
-use kyu_store::{JobSaveParams, StoreError};
+use kyu_core::{JobSpec, Limits};
+use kyu_store::{AddedChildren, JobAddChildrenParams, JobSaveParams, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -15,8 +16,29 @@ use tokio_util::sync::CancellationToken;
 use crate::JobError;
 use crate::handler::BoxFuture;
 
-/// Saves checkpoints and progress through whichever store the worker has.
-pub(crate) type Saver = Arc<dyn Fn(JobSaveParams) -> BoxFuture<Result<(), StoreError>> + Send + Sync>;
+/// The store calls a running job makes, erased from the worker's store type
+/// so handlers have one context type whatever the backend.
+pub(crate) trait JobStore: Send + Sync {
+    fn save(&self, p: JobSaveParams) -> BoxFuture<Result<(), StoreError>>;
+    fn add_children(&self, p: JobAddChildrenParams) -> BoxFuture<Result<AddedChildren, StoreError>>;
+    fn now(&self) -> kyu_core::Millis;
+}
+
+impl<S: kyu_store::Store> JobStore for S {
+    fn save(&self, p: JobSaveParams) -> BoxFuture<Result<(), StoreError>> {
+        let s = self.clone();
+        Box::pin(async move { s.job_save(p).await })
+    }
+    fn add_children(&self, p: JobAddChildrenParams) -> BoxFuture<Result<AddedChildren, StoreError>> {
+        let s = self.clone();
+        Box::pin(async move { s.job_add_children(p).await })
+    }
+    fn now(&self) -> kyu_core::Millis {
+        self.clock().now()
+    }
+}
+
+pub(crate) type Saver = Arc<dyn JobStore>;
 
 /// The key under which [`JobContext::step`] keeps finished steps' outputs
 /// inside an object checkpoint.
@@ -114,6 +136,38 @@ impl JobContext {
         self.write(None, Some(value)).await
     }
 
+    /// Adds child jobs without waiting for them (they run independently).
+    pub async fn add_children(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobId>, JobError> {
+        Ok(self.children(jobs, false).await?.children.into_iter().map(|c| c.id).collect())
+    }
+
+    /// Adds child jobs and waits for them (BullMQ's `moveToWaitingChildren`):
+    /// return what this gives, `return ctx.wait_for_children(jobs).await`.
+    /// The job is released and runs again once every child completed, with
+    /// the same attempt number, its checkpoint, and the children's results in
+    /// [`JobContext::dependency_results`]. Save a checkpoint first, so the
+    /// next run knows the children were added. If they had all completed
+    /// already, the job is simply queued again.
+    pub async fn wait_for_children<T>(&self, jobs: Vec<JobSpec>) -> Result<T, JobError> {
+        self.children(jobs, true).await?;
+        Err(JobError { kind: crate::error::ErrorKind::Waiting, message: String::new() })
+    }
+
+    async fn children(&self, jobs: Vec<JobSpec>, wait: bool) -> Result<AddedChildren, JobError> {
+        let now = self.inner.saver.now();
+        let jobs = jobs
+            .into_iter()
+            .map(|s| s.validate(now, &Limits::default()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JobError::fatal(format!("a child job is invalid: {e}")))?;
+        let p = JobAddChildrenParams { id: self.inner.job.id.clone(), token: self.inner.job.token.clone(), jobs, wait };
+        self.inner.saver.add_children(p).await.map_err(|e| match e {
+            StoreError::Conflict(m) | StoreError::NotFound(m) => JobError::fatal(format!("adding children refused: {m}")),
+            StoreError::Invalid(v) => JobError::fatal(format!("a child job is invalid: {v}")),
+            other => JobError::retry(format!("could not add children: {other}")),
+        })
+    }
+
     /// The error to return to snooze: `return Err(ctx.snooze(d))`. The job
     /// runs again after `delay` with the same attempt number.
     pub fn snooze(&self, delay: Duration) -> JobError {
@@ -159,7 +213,7 @@ impl JobContext {
 
     async fn write(&self, checkpoint: Option<Value>, progress: Option<Value>) -> Result<(), JobError> {
         let p = JobSaveParams { id: self.inner.job.id.clone(), token: self.inner.job.token.clone(), checkpoint, progress };
-        (self.inner.saver)(p).await.map_err(|e| match e {
+        self.inner.saver.save(p).await.map_err(|e| match e {
             StoreError::Conflict(m) | StoreError::NotFound(m) => JobError::fatal(format!("write refused: {m}")),
             other => JobError::retry(format!("could not save: {other}")),
         })

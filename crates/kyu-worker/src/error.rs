@@ -17,6 +17,8 @@ pub(crate) enum ErrorKind {
     Retry { after: Option<Duration> },
     Fatal,
     Snooze(Duration),
+    /// The job moved to `waiting` for its children: nothing to report.
+    Waiting,
 }
 
 impl JobError {
@@ -59,6 +61,7 @@ impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             ErrorKind::Snooze(d) => write!(f, "snooze for {d:?}"),
+            ErrorKind::Waiting => f.write_str("waiting for children"),
             _ => f.write_str(&self.message),
         }
     }

@@ -198,10 +198,10 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
     let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
     let handler = shared.handlers.0.get(&job.kind).or(shared.handlers.1.as_ref()).cloned();
     let outcome = match handler {
-        None => Outcome::Fail {
+        None => Some(Outcome::Fail {
             error: format!("no handler for kind `{}` on worker {}", job.kind, shared.config.name),
             failure: Failure { retry: true, retry_in_ms: None },
-        },
+        }),
         Some(handler) => {
             let payload = std::mem::take(&mut job.payload);
             let ctx = JobContext::new(job, cancel.clone(), saver(&shared.store));
@@ -211,19 +211,26 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
     };
     // The reporter removes the job from `running` once the report is applied,
     // so heartbeats keep its lease alive until then.
-    shared.reports.push(Report { id, token, outcome });
+    match outcome {
+        Some(outcome) => shared.reports.push(Report { id, token, outcome }),
+        // Waiting for children: the store released the job already.
+        None => {
+            shared.running.lock().expect("running map").remove(&id);
+        }
+    }
     drop(permit);
 }
 
 /// Waits for a handler, enforcing its timeout, an operator's cancel and the
-/// worker's hard stop, and turns how it ended into a report.
+/// worker's hard stop, and turns how it ended into a report (none when the
+/// job went to wait for its children).
 async fn supervise(
     mut task: JoinHandle<Result<Value, JobError>>,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
     hard_stop: &CancellationToken,
     grace: Duration,
-) -> Outcome {
+) -> Option<Outcome> {
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -242,11 +249,11 @@ async fn supervise(
         _ = hard_stop.cancelled() => Stop::Shutdown,
     };
     cancel.cancel();
-    let fail = |error: &str| Outcome::Fail { error: error.into(), failure: Failure { retry: true, retry_in_ms: None } };
+    let fail = |error: &str| Some(Outcome::Fail { error: error.into(), failure: Failure { retry: true, retry_in_ms: None } });
     match stop {
         Stop::Shutdown => {
             task.abort();
-            Outcome::Snooze { delay_ms: 0 }
+            Some(Outcome::Snooze { delay_ms: 0 })
         }
         Stop::Timeout => {
             tokio::select! {
@@ -267,14 +274,14 @@ async fn supervise(
             }
             _ = hard_stop.cancelled() => {
                 task.abort();
-                Outcome::Snooze { delay_ms: 0 }
+                Some(Outcome::Snooze { delay_ms: 0 })
             }
         },
     }
 }
 
-fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Outcome {
-    match r {
+fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Option<Outcome> {
+    Some(match r {
         Ok(Ok(result)) => Outcome::Complete { result },
         Ok(Err(e)) => match e.kind {
             ErrorKind::Retry { after } => Outcome::Fail {
@@ -283,6 +290,7 @@ fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Out
             },
             ErrorKind::Fatal => Outcome::Fail { error: e.message, failure: Failure { retry: false, retry_in_ms: None } },
             ErrorKind::Snooze(d) => Outcome::Snooze { delay_ms: d.as_millis() as i64 },
+            ErrorKind::Waiting => return None,
         },
         Err(join) => {
             let error = if join.is_panic() {
@@ -298,13 +306,9 @@ fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Out
             };
             Outcome::Fail { error, failure: Failure { retry: true, retry_in_ms: None } }
         }
-    }
+    })
 }
 
 fn saver<S: Store>(store: &S) -> Saver {
-    let store = store.clone();
-    Arc::new(move |p| {
-        let store = store.clone();
-        Box::pin(async move { store.job_save(p).await })
-    })
+    Arc::new(store.clone())
 }

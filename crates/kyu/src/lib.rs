@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-pub use kyu_core::{Backoff, ClaimedJob, Clock, ErrorEntry, Job, JobId, JobSpec, JobState, Limits, QueueInfo, QueueName, RateLimit};
+pub use kyu_core::{Backoff, ClaimedJob, Clock, Flow, ErrorEntry, Job, JobId, JobSpec, JobState, Limits, QueueInfo, QueueName, RateLimit};
 pub use kyu_sqlite::{SqliteOptions, SqliteStore};
 pub use kyu_store::{Inserted, JobListParams, JobPage, QueueUpdateParams, Store, StoreError, StoreEvent};
 pub use kyu_worker::{CancellationToken, JobContext, JobError, Worker, WorkerBuilder, WorkerConfig};
@@ -62,6 +62,30 @@ impl<S: Store> Client<S> {
         let now = self.store.clock().now();
         let jobs = specs.into_iter().map(|s| s.validate(now, &self.limits)).collect::<Result<Vec<_>, _>>()?;
         self.store.job_insert_many(kyu_store::JobInsertManyParams { jobs }).await
+    }
+
+    /// Enqueues a tree (each parent depends on its children) atomically;
+    /// returns the root's id and every job in insert order.
+    pub async fn flow(&self, flow: Flow) -> Result<(JobId, Vec<Inserted>), StoreError> {
+        let (root, specs) = flow.flatten()?;
+        Ok((root, self.enqueue_many(specs).await?))
+    }
+
+    /// Enqueues steps that run one after another, each seeing the one
+    /// before's result in `dependency_results` (Celery's chain).
+    pub async fn chain(&self, steps: Vec<JobSpec>) -> Result<Vec<Inserted>, StoreError> {
+        self.enqueue_many(kyu_core::flow::chain(steps)).await
+    }
+
+    /// Enqueues independent jobs atomically (Celery's group).
+    pub async fn group(&self, jobs: Vec<JobSpec>) -> Result<Vec<Inserted>, StoreError> {
+        self.enqueue_many(jobs).await
+    }
+
+    /// Enqueues a group and a callback that runs once all of it completed,
+    /// with every result (Celery's chord); the callback is the last entry.
+    pub async fn chord(&self, group: Vec<JobSpec>, callback: JobSpec) -> Result<Vec<Inserted>, StoreError> {
+        self.enqueue_many(kyu_core::flow::chord(group, callback)).await
     }
 
     /// A job, if it exists.
