@@ -11,8 +11,24 @@ use serde_json::{Value, json};
 
 use crate::Figure;
 
-/// Worker settings shared by the workloads (BENCHMARKS.md: concurrency 16).
-pub const CONCURRENCY: usize = 16;
+/// How the measured worker runs: through the Rust API (concurrency 16, as
+/// BENCHMARKS.md says) or the HTTP worker protocol (batch claims of 50).
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Handlers at once.
+    pub concurrency: usize,
+    /// Jobs per claim.
+    pub batch: usize,
+    /// Idle polling interval (zero over HTTP, where claims long-poll).
+    pub poll: Duration,
+}
+
+impl Shape {
+    /// The Rust API worker.
+    pub const RUST: Shape = Shape { concurrency: 16, batch: 16, poll: Duration::from_millis(200) };
+    /// A worker over the HTTP protocol.
+    pub const HTTP: Shape = Shape { concurrency: 50, batch: 50, poll: Duration::ZERO };
+}
 /// Jobs per insert statement group in bulk enqueues.
 pub const ENQUEUE_CHUNK: usize = 5_000;
 
@@ -36,15 +52,16 @@ pub async fn bulk_enqueue<S: Store>(store: &S, queue: &str, n: usize) -> Result<
 
 /// Runs one worker (concurrency 16) on `queue` until `n` jobs have
 /// completed; returns the seconds from its start.
-pub async fn drain<S: Store>(store: &S, queue: &str, n: usize) -> Result<f64, StoreError> {
+pub async fn drain<S: Store>(store: &S, shape: Shape, queue: &str, n: usize) -> Result<f64, StoreError> {
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let stop = CancellationToken::new();
     let (d1, d2) = (done.clone(), done.clone());
     let worker = Worker::builder(store.clone())
         .queue(queue)
-        .concurrency(CONCURRENCY)
-        .batch(CONCURRENCY)
+        .concurrency(shape.concurrency)
+        .batch(shape.batch)
+        .poll_interval(shape.poll)
         .maintenance(None)
         .handle("noop", move |_: Value, _ctx: JobContext| {
             d1.fetch_add(1, Ordering::Relaxed);
@@ -84,9 +101,9 @@ async fn wait_completed<S: Store>(store: &S, queue: &str, n: usize, done: &Atomi
 }
 
 /// W1: bulk enqueue, then one worker drains.
-pub async fn w1<S: Store>(store: &S, n: usize) -> Result<Vec<Figure>, StoreError> {
+pub async fn w1<S: Store>(store: &S, shape: Shape, n: usize) -> Result<Vec<Figure>, StoreError> {
     let enq = bulk_enqueue(store, "w1", n).await?;
-    let proc = drain(store, "w1", n).await?;
+    let proc = drain(store, shape, "w1", n).await?;
     Ok(vec![Figure::rate("W1 enqueue", n, enq), Figure::rate("W1 process", n, proc)])
 }
 
@@ -106,14 +123,15 @@ fn micros_now() -> i64 {
 
 /// W3: an idle worker; `n` jobs enqueued 10 ms apart; enqueue-to-start
 /// latency p50 and p99 in ms.
-pub async fn w3<S: Store>(store: &S, n: usize) -> Result<Vec<Figure>, StoreError> {
+pub async fn w3<S: Store>(store: &S, shape: Shape, n: usize) -> Result<Vec<Figure>, StoreError> {
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let lat = latencies.clone();
     let stop = CancellationToken::new();
     let worker = Worker::builder(store.clone())
         .queue("w3")
-        .concurrency(CONCURRENCY)
-        .batch(CONCURRENCY)
+        .concurrency(shape.concurrency)
+        .batch(shape.batch)
+        .poll_interval(shape.poll)
         .maintenance(None)
         .handle("probe", move |p: Value, _ctx: JobContext| {
             let lat = lat.clone();
@@ -150,10 +168,10 @@ pub async fn w3<S: Store>(store: &S, n: usize) -> Result<Vec<Figure>, StoreError
 
 /// W4: W1's processing rate with `retained` finished jobs in the store.
 /// The retained jobs are inserted and completed through the store first.
-pub async fn w4<S: Store>(store: &S, n: usize, retained: usize) -> Result<Vec<Figure>, StoreError> {
+pub async fn w4<S: Store>(store: &S, shape: Shape, n: usize, retained: usize) -> Result<Vec<Figure>, StoreError> {
     fill_history(store, retained).await?;
     bulk_enqueue(store, "w4", n).await?;
-    let proc = drain(store, "w4", n).await?;
+    let proc = drain(store, shape, "w4", n).await?;
     Ok(vec![Figure::rate(format!("W4 process ({retained} retained)"), n, proc)])
 }
 
@@ -191,13 +209,13 @@ pub async fn fill_history<S: Store>(store: &S, n: usize) -> Result<(), StoreErro
 
 /// W5: one parent with `n` children: seconds until the parent completes,
 /// against the same `n` jobs without a parent.
-pub async fn w5<S: Store>(store: &S, n: usize) -> Result<Vec<Figure>, StoreError> {
+pub async fn w5<S: Store>(store: &S, shape: Shape, n: usize) -> Result<Vec<Figure>, StoreError> {
     // Without a parent.
     let plain = {
         let now = store.clock().now();
         let jobs = (0..n).map(|_| noop("w5plain", now)).collect();
         store.job_insert_many(JobInsertManyParams { jobs }).await?;
-        drain(store, "w5plain", n).await?
+        drain(store, shape, "w5plain", n).await?
     };
     // With a parent depending on all of them.
     let now = store.clock().now();
@@ -211,7 +229,7 @@ pub async fn w5<S: Store>(store: &S, n: usize) -> Result<Vec<Figure>, StoreError
     let mut jobs = children;
     jobs.push(parent);
     store.job_insert_many(JobInsertManyParams { jobs }).await?;
-    let with_parent = drain(store, "w5", n + 1).await?;
+    let with_parent = drain(store, shape, "w5", n + 1).await?;
     let state = store.job_get(&parent_id).await?.map(|j| j.state);
     if state != Some(JobState::Completed) {
         return Err(StoreError::Conflict(format!("W5 parent ended {state:?}")));

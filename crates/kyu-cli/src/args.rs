@@ -255,6 +255,13 @@ pub struct BenchArgs {
     /// W5 children.
     #[arg(long, default_value_t = 10_000)]
     pub children: usize,
+    /// Seconds pgbench runs for each PostgreSQL ceiling.
+    #[arg(long, default_value_t = 5)]
+    pub ceiling_secs: u32,
+    /// Through the Rust API, or through the HTTP worker protocol of a server
+    /// started in this process (batch claims of 50).
+    #[arg(long, default_value = "rust", value_parser = ["rust", "http"])]
+    pub via: String,
 }
 
 /// `500ms`, `10s`, `5m`, `2h`, `1d`; a bare number is milliseconds.

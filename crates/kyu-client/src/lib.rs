@@ -52,9 +52,24 @@ impl HttpStore {
                 http,
                 clock: Clock::system(),
                 events,
-                claim_wait_ms: 5_000,
+                claim_wait_ms: 2_000,
             }),
         })
+    }
+
+    /// How long a claim long-polls on the server when nothing is ready
+    /// (default 2 s). A worker stopping waits for its claim in flight, so this
+    /// also bounds how long an idle worker takes to stop.
+    pub fn with_claim_wait(self, wait: Duration) -> HttpStore {
+        let inner = Inner {
+            base: self.inner.base.clone(),
+            token: self.inner.token.clone(),
+            http: self.inner.http.clone(),
+            clock: self.inner.clock.clone(),
+            events: self.inner.events.clone(),
+            claim_wait_ms: wait.as_millis() as u64,
+        };
+        HttpStore { inner: Arc::new(inner) }
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T, StoreError> {

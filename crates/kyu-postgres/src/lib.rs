@@ -145,7 +145,9 @@ impl PgStore {
             if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
                 return Err(StoreError::Backend(format!("schema `{schema}` must be [a-z0-9_]+").into()));
             }
-            config.options(format!("-c search_path={schema}"));
+            config.options(format!("-c search_path={schema} -c client_min_messages=warning"));
+        } else {
+            config.options("-c client_min_messages=warning");
         }
         config.application_name("kyu");
         let (mut client, connection) = config

@@ -127,7 +127,7 @@ pub(crate) async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, done: Cance
             Ok(results) => {
                 let running = shared.running.lock().expect("running map");
                 for ((id, token), r) in jobs.into_iter().zip(results) {
-                    let Some(entry) = running.get(&id).filter(|e| e.token == token) else { continue };
+                    let Some(entry) = running.get(&id).filter(|e| e.token == token && !e.reported) else { continue };
                     match r {
                         Ok(hb) if hb.cancel_requested => entry.cancel.cancel(),
                         Ok(_) => {}

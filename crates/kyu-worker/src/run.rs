@@ -36,6 +36,9 @@ pub(crate) struct Running {
     pub token: String,
     /// The handler's cancel signal (operator cancel, lost lease, timeout).
     pub cancel: CancellationToken,
+    /// The handler finished and its report is on the way: a heartbeat
+    /// refused now is a race with that report, not a lost lease.
+    pub reported: bool,
 }
 
 impl<S: Store> Worker<S> {
@@ -138,7 +141,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
                 .running
                 .lock()
                 .expect("running map")
-                .insert(job.id.clone(), Running { token: job.token.clone(), cancel: cancel.clone() });
+                .insert(job.id.clone(), Running { token: job.token.clone(), cancel: cancel.clone(), reported: false });
             tracker.spawn(run_job(shared.clone(), job, cancel, permit));
         }
         drop(permits);
@@ -212,7 +215,12 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
     // The reporter removes the job from `running` once the report is applied,
     // so heartbeats keep its lease alive until then.
     match outcome {
-        Some(outcome) => shared.reports.push(Report { id, token, outcome }),
+        Some(outcome) => {
+            if let Some(r) = shared.running.lock().expect("running map").get_mut(&id) {
+                r.reported = true;
+            }
+            shared.reports.push(Report { id, token, outcome })
+        }
         // Waiting for children: the store released the job already.
         None => {
             shared.running.lock().expect("running map").remove(&id);

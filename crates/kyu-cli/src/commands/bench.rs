@@ -7,11 +7,15 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use kyu_bench::workloads::Shape;
 use kyu_bench::{Figure, Summary, baseline, pgbench, workloads};
 use kyu_postgres::{PgOptions, PgStore};
 use kyu_sqlite::{SqliteOptions, SqliteStore};
+use kyu_client::HttpStore;
+use kyu_server::ServerConfig;
 use kyu_store::Store;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::args::BenchArgs;
 use crate::commands::is_postgres;
@@ -59,9 +63,14 @@ pub async fn bench(database: Option<&str>, a: &BenchArgs, json: bool) -> Result<
     }
     let dir = tempfile::tempdir().map_err(failed)?;
     let (backend, samples) = match database {
-        Some(url) if is_postgres(url) => ("postgresql", bench_postgres(url, a, dir.path().to_path_buf()).await?),
+        // Fresh schemas per run, so kyu's own `schema=` is not used here.
+        Some(url) if is_postgres(url) => ("postgresql", bench_postgres(&pgbench::libpq_url(url), a, dir.path().to_path_buf()).await?),
+        // Fresh files per run, beside the given path (which is not touched).
         other => {
-            let base = other.map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
+            let base = other
+                .map(|p| PathBuf::from(p).parent().map(|d| d.to_path_buf()).unwrap_or_default())
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or_else(|| dir.path().to_path_buf());
             ("sqlite", bench_sqlite(base, a).await?)
         }
     };
@@ -70,11 +79,13 @@ pub async fn bench(database: Option<&str>, a: &BenchArgs, json: bool) -> Result<
         .map(|(name, (unit, runs))| Row { name, unit, summary: Summary::of(&runs), runs })
         .collect();
     let ratios = ratios(&rows, backend);
-    let report = Report { backend, via: "rust", runs: a.runs, rows, ratios };
+    let via = if a.via == "http" { "http" } else { "rust" };
+    let report = Report { backend, via, runs: a.runs, rows, ratios };
     if json {
         output::json(&report);
     } else {
-        println!("kyu bench: {backend} via the Rust API, {} run(s) each, medians (min-max)", a.runs);
+        let how = if via == "http" { "the HTTP worker protocol (claims of 50)" } else { "the Rust API" };
+        println!("kyu bench: {backend} via {how}, {} run(s) each, medians (min-max)", a.runs);
         let rows: Vec<Vec<String>> = report
             .rows
             .iter()
@@ -113,33 +124,74 @@ fn ratios(rows: &[Row], backend: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// Runs the selected workloads `runs` times, each on a store from `fresh`.
+/// Runs the selected workloads once, each on a fresh store from `fresh`:
+/// the store itself (Rust API), or a server started in this process on it,
+/// seen through the HTTP client (HTTP worker protocol). W4 is two runs, on
+/// an empty store and on one with retained history.
 async fn workloads_on<S, F, Fut>(a: &BenchArgs, samples: &mut Samples, run: usize, mut fresh: F) -> Result<(), CliError>
 where
     S: Store,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<S, CliError>>,
 {
-    for w in &a.workloads {
-        tracing::info!(run, workload = %w, "running");
-        let figs = match w.as_str() {
-            "w1" => workloads::w1(&fresh().await?, a.jobs).await?,
-            "w2" => workloads::w2(&fresh().await?, a.single_jobs).await?,
-            "w3" => workloads::w3(&fresh().await?, a.latency_jobs).await?,
-            "w4" => {
-                let mut f = workloads::w4(&fresh().await?, a.jobs, 0).await?;
-                f[0].name = "W4 process (empty)".into();
-                let mut g = workloads::w4(&fresh().await?, a.jobs, a.retained).await?;
-                g[0].name = "W4 process (retained)".into();
-                f.extend(g);
-                f
-            }
-            "w5" => workloads::w5(&fresh().await?, a.children).await?,
-            _ => unreachable!("checked above"),
+    let items: Vec<&str> = a
+        .workloads
+        .iter()
+        .flat_map(|w| if w == "w4" { vec!["w4-empty", "w4-retained"] } else { vec![w.as_str()] })
+        .collect();
+    for w in items {
+        tracing::info!(run, workload = %w, via = %a.via, "running");
+        let store = fresh().await?;
+        let figs = if a.via == "http" {
+            // W4's history goes into the store directly: filling a million
+            // rows through single HTTP completions would measure nothing new.
+            let w = if w == "w4-retained" {
+                workloads::fill_history(&store, a.retained).await?;
+                "w4-retained-filled"
+            } else {
+                w
+            };
+            let (client, stop) = over_http(store).await?;
+            let figs = one_workload(a, w, Shape::HTTP, &client).await;
+            stop.cancel();
+            figs?
+        } else {
+            one_workload(a, w, Shape::RUST, &store).await?
         };
         record(samples, figs);
     }
     Ok(())
+}
+
+async fn one_workload<T: Store>(a: &BenchArgs, w: &str, shape: Shape, store: &T) -> Result<Vec<Figure>, CliError> {
+    let mut figs = match w {
+        "w1" => workloads::w1(store, shape, a.jobs).await?,
+        "w2" => workloads::w2(store, a.single_jobs).await?,
+        "w3" => workloads::w3(store, shape, a.latency_jobs).await?,
+        "w4-empty" => workloads::w4(store, shape, a.jobs, 0).await?,
+        "w4-retained" => workloads::w4(store, shape, a.jobs, a.retained).await?,
+        "w4-retained-filled" => workloads::w4(store, shape, a.jobs, 0).await?,
+        "w5" => workloads::w5(store, shape, a.children).await?,
+        _ => unreachable!("checked above"),
+    };
+    match w {
+        "w4-empty" => figs[0].name = "W4 process (empty)".into(),
+        "w4-retained" | "w4-retained-filled" => figs[0].name = "W4 process (retained)".into(),
+        _ => {}
+    }
+    Ok(figs)
+}
+
+/// Starts a server on `store` on a free loopback port; returns a client for
+/// it and the token that stops it.
+async fn over_http<S: Store>(store: S) -> Result<(HttpStore, CancellationToken), CliError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
+    let url = format!("http://{}", listener.local_addr().map_err(failed)?);
+    let stop = CancellationToken::new();
+    let config = ServerConfig { maintenance: None, ..ServerConfig::default() };
+    tokio::spawn(kyu_server::serve_on(listener, store, config, stop.clone()));
+    let client = HttpStore::new(&url, None).map_err(failed)?.with_claim_wait(std::time::Duration::from_millis(500));
+    Ok((client, stop))
 }
 
 async fn bench_sqlite(base: PathBuf, a: &BenchArgs) -> Result<Samples, CliError> {
@@ -191,7 +243,7 @@ async fn bench_postgres(url: &str, a: &BenchArgs, work_dir: PathBuf) -> Result<S
         schemas.push(schema.clone());
         for k in [1, 10, 100] {
             tracing::info!(run, k, "PostgreSQL ceiling (pgbench, 16 clients)");
-            let fig = pgbench::pg_ceiling(&pgbench, &pgbench::libpq_url(url), &schema, k, 5, &work_dir).map_err(failed)?;
+            let fig = pgbench::pg_ceiling(&pgbench, &pgbench::libpq_url(url), &schema, k, a.ceiling_secs.max(1), &work_dir).map_err(failed)?;
             record(&mut samples, vec![fig]);
         }
     }
