@@ -84,6 +84,9 @@ pub enum Command {
     },
     /// Run a command once per job: payload on stdin, result from stdout.
     Work(WorkArgs),
+    /// Cron schedules: each tick enqueues one job.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Measure kyu on this machine: the BENCHMARKS.md workloads against the raw-SQL ceiling.
     Bench(BenchArgs),
 }
@@ -177,6 +180,48 @@ pub struct EnqueueArgs {
     /// Retry backoff: `exponential:BASE:MAX` or `fixed:DELAY` (durations).
     #[arg(long, value_name = "SPEC")]
     pub backoff: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create or replace a schedule.
+    Set {
+        /// Schedule name.
+        name: String,
+        /// Cron expression: 5 fields, or 6 with seconds first (quote it).
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone the expression is read in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Queue of the jobs it enqueues.
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Kind of the jobs it enqueues.
+        #[arg(long)]
+        kind: String,
+        /// Payload of the jobs, as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        /// After downtime, enqueue every missed tick, not only the latest.
+        #[arg(long)]
+        catchup: bool,
+        /// Keep the schedule but enqueue nothing.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List schedules.
+    List,
+    /// Show one schedule.
+    Show {
+        /// Schedule name.
+        name: String,
+    },
+    /// Delete a schedule (jobs it enqueued stay).
+    Delete {
+        /// Schedule name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -92,3 +92,18 @@ fn payload_from_stdin_cancel_retry_pause() {
     k.ok(&["delete", "s1"]);
     assert_eq!(k.run(&["status", "s1"]).status.code(), Some(1));
 }
+
+#[test]
+fn schedules_from_the_cli() {
+    let k = Kyu::new();
+    let s = k.json(&["schedule", "set", "nightly", "--cron", "0 3 * * *", "--timezone", "Asia/Seoul", "--queue", "reports", "--kind", "build", "--payload", r#"{"full":true}"#]);
+    assert_eq!((s["name"].as_str(), s["timezone"].as_str()), (Some("nightly"), Some("Asia/Seoul")));
+    assert!(s["next_run_at"].as_str().unwrap().ends_with("T18:00:00.000Z"), "03:00 in Seoul is 18:00 UTC: {s}");
+    assert_eq!(k.json(&["schedule", "list"])["schedules"][0]["job"]["payload"], json!({"full": true}));
+    assert!(k.ok(&["schedule", "show", "nightly"]).contains("0 3 * * *"));
+    let bad = k.run(&["schedule", "set", "x", "--cron", "at noon", "--kind", "k"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cron"));
+    k.ok(&["schedule", "delete", "nightly"]);
+    assert_eq!(k.run(&["schedule", "show", "nightly"]).status.code(), Some(1));
+}

@@ -87,6 +87,17 @@ fn walkthrough(k: &Kyu) {
     assert_eq!(ok(200, s.call("POST", "/v1/queues/api/pause", None))["paused"], true);
     assert_eq!(ok(200, s.call("POST", "/v1/queues/api/resume", None))["paused"], false);
 
+    // Schedules.
+    let sched = ok(200, s.call("PUT", "/v1/schedules/nightly", Some(r#"{"cron":"0 3 * * *","timezone":"Europe/Paris","job":{"queue":"cron","kind":"report","payload":{"full":true}}}"#)));
+    assert_eq!((sched["name"].as_str(), sched["timezone"].as_str(), sched["enabled"].as_bool()), (Some("nightly"), Some("Europe/Paris"), Some(true)));
+    assert!(sched["next_run_at"].as_str().is_some_and(|t| t.ends_with(":00:00.000Z")), "{sched}");
+    assert_eq!(ok(200, s.call("GET", "/v1/schedules", None))["schedules"][0]["name"], "nightly");
+    assert_eq!(ok(200, s.call("GET", "/v1/schedules/nightly", None))["cron"], "0 3 * * *");
+    error_code(422, s.call("PUT", "/v1/schedules/bad", Some(r#"{"cron":"every day","job":{"kind":"k"}}"#)));
+    error_code(422, s.call("PUT", "/v1/schedules/bad", Some(r#"{"cron":"* * * * *","timezone":"Mars/Base","job":{"kind":"k"}}"#)));
+    ok(204, s.call("DELETE", "/v1/schedules/nightly", None));
+    error_code(404, s.call("GET", "/v1/schedules/nightly", None));
+
     // Long polls: a claim waits for an enqueue; a result waits for a completion.
     let url = s.url.clone();
     let producer = std::thread::spawn(move || {

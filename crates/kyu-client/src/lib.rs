@@ -309,6 +309,34 @@ impl Store for HttpStore {
         self.call(Method::PATCH, &format!("/v1/queues/{}", p.name), Some(&Value::Object(body))).await
     }
 
+    async fn schedule_put(&self, p: SchedulePutParams) -> Result<kyu_core::Schedule, StoreError> {
+        // The server checks the spec and computes next_run_at itself.
+        let body = serde_json::to_value(&p.spec).map_err(|e| StoreError::Backend(e.into()))?;
+        self.call(Method::PUT, &format!("/v1/schedules/{}", p.name), Some(&body)).await
+    }
+
+    async fn schedule_get(&self, name: &str) -> Result<Option<kyu_core::Schedule>, StoreError> {
+        match self.call(Method::GET, &format!("/v1/schedules/{name}"), None).await {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<kyu_core::Schedule>, StoreError> {
+        let l: ScheduleList = self.call(Method::GET, "/v1/schedules", None).await?;
+        Ok(l.schedules)
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<(), StoreError> {
+        let _: Value = self.call(Method::DELETE, &format!("/v1/schedules/{name}"), None).await?;
+        Ok(())
+    }
+
+    async fn schedule_advance(&self, _p: ScheduleAdvanceParams) -> Result<bool, StoreError> {
+        Ok(false) // the server's scheduler does this
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
     }

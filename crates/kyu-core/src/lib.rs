@@ -17,6 +17,7 @@
 pub mod flow;
 pub mod job;
 pub mod retry;
+pub mod schedule;
 pub mod spec;
 pub mod state;
 pub mod time;
@@ -25,6 +26,7 @@ pub mod transition;
 pub use flow::Flow;
 pub use job::{new_token, ClaimedJob, ErrorEntry, Job, JobId, QueueInfo, QueueName, RateLimit};
 pub use retry::Backoff;
+pub use schedule::{Schedule, ScheduleSpec};
 pub use spec::{JobSpec, Limits, NewJob, ValidationError};
 pub use state::JobState;
 pub use time::{Clock, Millis};

@@ -31,6 +31,7 @@ mod insert;
 mod listen;
 mod migrate;
 mod read;
+mod schedules;
 mod tx;
 
 #[cfg(feature = "testing")]
@@ -321,6 +322,28 @@ impl Store for PgStore {
 
     async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
         in_tx!(self, tx => admin::queue_update(&tx, p).await)
+    }
+
+    async fn schedule_put(&self, p: SchedulePutParams) -> Result<kyu_core::Schedule, StoreError> {
+        in_tx!(self, tx => schedules::put(&tx, p).await)
+    }
+
+    async fn schedule_get(&self, name: &str) -> Result<Option<kyu_core::Schedule>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        schedules::get(&client, name).await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<kyu_core::Schedule>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        schedules::list(&client).await
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<(), StoreError> {
+        in_tx!(self, tx => schedules::delete(&tx, name).await)
+    }
+
+    async fn schedule_advance(&self, p: ScheduleAdvanceParams) -> Result<bool, StoreError> {
+        in_tx!(self, tx => schedules::advance(&tx, p).await)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

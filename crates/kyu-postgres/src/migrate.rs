@@ -7,7 +7,10 @@
 
 use tokio_postgres::Client;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_schedules.sql")),
+];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.
 const LOCK_KEY: i64 = 0x6b79_755f_6d69_6772; // "kyu_migr"

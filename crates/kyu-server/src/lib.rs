@@ -1,6 +1,6 @@
 //! kyu-server: the HTTP API v1, the worker protocol, auth, the dashboard
 //! and metrics, over any [`Store`]; plus the background services a server
-//! runs (lease rescue, pruning).
+//! runs (lease rescue, pruning, cron schedules).
 //!
 //! ```no_run
 //! # async fn demo(store: impl kyu_store::Store) -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +19,7 @@ mod jobs;
 mod meta;
 pub mod openapi;
 mod queues;
+mod schedules;
 mod worker;
 
 use std::net::SocketAddr;
@@ -138,6 +139,8 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/queues/{queue}", patch(queues::patch::<S>))
         .route("/v1/queues/{queue}/pause", post(queues::pause::<S>))
         .route("/v1/queues/{queue}/resume", post(queues::resume::<S>))
+        .route("/v1/schedules", get(schedules::list::<S>))
+        .route("/v1/schedules/{name}", get(schedules::get::<S>).put(schedules::put::<S>).delete(schedules::delete::<S>))
         .route("/v1/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics::<S>))
         .route("/healthz", get(meta::healthz::<S>))

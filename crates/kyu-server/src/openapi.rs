@@ -28,6 +28,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/queues/{queue}"),
     ("post", "/v1/queues/{queue}/pause"),
     ("post", "/v1/queues/{queue}/resume"),
+    ("put", "/v1/schedules/{name}"),
+    ("get", "/v1/schedules"),
+    ("get", "/v1/schedules/{name}"),
+    ("delete", "/v1/schedules/{name}"),
     ("get", "/v1/openapi.json"),
     ("get", "/metrics"),
     ("get", "/healthz"),
@@ -74,7 +78,7 @@ const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
 const LABEL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,128}$";
 
 fn path_param(name: &str) -> Value {
-    let pattern = if name == "queue" { NAME_PATTERN } else { ID_PATTERN };
+    let pattern = if name == "id" { ID_PATTERN } else { NAME_PATTERN };
     json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}})
 }
 
@@ -174,6 +178,16 @@ pub fn document() -> Value {
         vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403", "415", "422"]));
     add("/v1/queues/{queue}/pause", "post", op("Pause a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
     add("/v1/queues/{queue}/resume", "post", op("Resume a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
+    let sched = json!([path_param("name")]);
+    add("/v1/schedules/{name}", "put", op("Create or replace a schedule", sched.clone(), Some(body(r("ScheduleSpec"))),
+        vec![ok("200", "the schedule", Some(r("Schedule")))], &["400", "401", "403", "413", "415", "422"]));
+    add("/v1/schedules/{name}", "get", op("A schedule", sched.clone(), None, vec![ok("200", "the schedule", Some(r("Schedule")))],
+        &["400", "401", "403", "404"]));
+    add("/v1/schedules/{name}", "delete", op("Delete a schedule (its jobs stay)", sched.clone(), None,
+        vec![ok("204", "deleted", None)], &["400", "401", "403", "404"]));
+    add("/v1/schedules", "get", op("Every schedule", none.clone(), None,
+        vec![ok("200", "schedules", Some(json!({"type": "object", "required": ["schedules"],
+            "properties": {"schedules": {"type": "array", "items": r("Schedule")}}})))], &["401", "403"]));
     let mut doc_op = op("This document", none.clone(), None, vec![ok("200", "OpenAPI 3", Some(json!({"type": "object"})))], &[]);
     doc_op["security"] = json!([]);
     add("/v1/openapi.json", "get", doc_op);
@@ -193,7 +207,7 @@ pub fn document() -> Value {
         }
     }
     let mut schemas = schemas();
-    for name in ["JobSpec", "RateLimit", "Backoff"] {
+    for name in ["JobSpec", "RateLimit", "Backoff", "ScheduleSpec"] {
         nullable_optionals(&mut schemas[name]);
     }
     json!({
@@ -252,6 +266,17 @@ fn schemas() -> Value {
             "keep_result_ms": {"type": "integer", "minimum": 0},
             "tags": {"type": "array", "items": label.clone(), "maxItems": 32},
             "group": label.clone()}},
+        "ScheduleSpec": {"type": "object", "required": ["cron", "job"], "additionalProperties": false, "properties": {
+            "cron": {"type": "string", "description": "5 fields, or 6 with seconds first"},
+            "timezone": {"type": "string", "description": "IANA name, default UTC"},
+            "job": {"$ref": "#/components/schemas/JobSpec"},
+            "catchup": {"type": "boolean"}, "enabled": {"type": "boolean"}}},
+        "Schedule": {"type": "object", "required": ["name", "cron", "timezone", "job", "catchup", "enabled", "created_at", "updated_at"],
+            "properties": {
+            "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"},
+            "job": {"type": "object"}, "catchup": {"type": "boolean"}, "enabled": {"type": "boolean"},
+            "next_run_at": {"type": ["string", "null"]}, "last_run_at": {"type": ["string", "null"]},
+            "created_at": {"$ref": "#/components/schemas/Time"}, "updated_at": {"$ref": "#/components/schemas/Time"}}},
         "Flow": {"type": "object", "required": ["job"], "additionalProperties": false, "properties": {
             "job": {"$ref": "#/components/schemas/JobSpec"},
             "children": {"type": "array", "items": {"$ref": "#/components/schemas/Flow"}}}},

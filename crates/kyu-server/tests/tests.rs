@@ -44,7 +44,7 @@ async fn openapi_matches_the_routes() {
 
     let (app, _g) = app();
     for (method, path) in openapi::ROUTES {
-        let concrete = path.replace("{id}", "no-such-job").replace("{queue}", "q");
+        let concrete = path.replace("{id}", "no-such-job").replace("{queue}", "q").replace("{name}", "nightly");
         let body = if *method == "get" || *method == "delete" { None } else { Some("{}") };
         let (status, v) = call(&app, method, &concrete, body).await;
         let code = v["error"]["code"].as_str().unwrap_or("");

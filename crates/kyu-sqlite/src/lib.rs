@@ -25,6 +25,7 @@ mod finish;
 mod insert;
 mod migrate;
 mod read;
+mod schedules;
 mod writer;
 
 #[cfg(feature = "testing")]
@@ -260,6 +261,28 @@ impl Store for SqliteStore {
 
     async fn queue_update(&self, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
         self.inner.writer.write(move |tx| admin::queue_update(tx, p)).await
+    }
+
+    async fn schedule_put(&self, p: SchedulePutParams) -> Result<kyu_core::Schedule, StoreError> {
+        self.inner.writer.write(move |tx| schedules::put(tx, p)).await
+    }
+
+    async fn schedule_get(&self, name: &str) -> Result<Option<kyu_core::Schedule>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |c| schedules::get(c, &name)).await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<kyu_core::Schedule>, StoreError> {
+        self.read(schedules::list).await
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.inner.writer.write(move |tx| schedules::delete(tx, &name)).await
+    }
+
+    async fn schedule_advance(&self, p: ScheduleAdvanceParams) -> Result<bool, StoreError> {
+        self.inner.writer.write(move |tx| schedules::advance(tx, p)).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

@@ -8,7 +8,10 @@
 use rusqlite::Connection;
 
 /// `(version, SQL)` in order. Never edit a released entry; add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_schedules.sql")),
+];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -115,6 +115,22 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Changes a queue's settings (creating it if new) and returns it.
     fn queue_update(&self, p: QueueUpdateParams) -> impl Future<Output = Result<QueueInfo, StoreError>> + Send;
 
+    /// Creates or replaces a schedule (keeping its `created_at` and `last_run_at`).
+    fn schedule_put(&self, p: SchedulePutParams) -> impl Future<Output = Result<kyu_core::Schedule, StoreError>> + Send;
+
+    /// One schedule, if it exists.
+    fn schedule_get(&self, name: &str) -> impl Future<Output = Result<Option<kyu_core::Schedule>, StoreError>> + Send;
+
+    /// Every schedule, by name.
+    fn schedule_list(&self) -> impl Future<Output = Result<Vec<kyu_core::Schedule>, StoreError>> + Send;
+
+    /// Removes a schedule (jobs it enqueued stay).
+    fn schedule_delete(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Compare-and-set of `next_run_at`: of several nodes that fired the same
+    /// tick, exactly one moves the schedule on. True if this call did.
+    fn schedule_advance(&self, p: ScheduleAdvanceParams) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Events after commit: jobs available on a queue, a job finished.
     /// A hint, never the source of truth: a lagged receiver re-checks the store.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;

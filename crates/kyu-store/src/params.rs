@@ -133,6 +133,37 @@ pub struct AddedChildren {
     pub waiting: bool,
 }
 
+/// Create or replace a schedule.
+#[derive(Clone, Debug)]
+pub struct SchedulePutParams {
+    /// Unique name (checked by the caller).
+    pub name: String,
+    /// The definition (checked by the caller).
+    pub spec: kyu_core::ScheduleSpec,
+    /// Its first tick from now; `None` when disabled.
+    pub next_run_at: Option<Millis>,
+}
+
+/// Move a schedule on after firing its due ticks.
+#[derive(Clone, Debug)]
+pub struct ScheduleAdvanceParams {
+    /// The schedule.
+    pub name: String,
+    /// The `next_run_at` the caller read: nothing changes unless it still is.
+    pub from: Millis,
+    /// The new `next_run_at`.
+    pub to: Option<Millis>,
+    /// The latest tick fired, recorded as `last_run_at`.
+    pub ran_at: Option<Millis>,
+}
+
+/// `GET /v1/schedules`' answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleList {
+    /// By name.
+    pub schedules: Vec<kyu_core::Schedule>,
+}
+
 /// A page request for [`crate::Store::job_list`].
 #[derive(Clone, Debug, Default)]
 pub struct JobListParams {

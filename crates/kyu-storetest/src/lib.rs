@@ -20,6 +20,7 @@ pub mod job_insert;
 pub mod job_report;
 pub mod queue;
 pub mod race;
+pub mod schedules;
 pub mod support;
 
 /// Stamps out the whole suite for one backend.
@@ -75,6 +76,8 @@ macro_rules! conformance {
             deps::children_with_wait_resume_from_checkpoint,
             deps::children_without_wait_and_failed_child,
             deps::flow_of_ten_thousand_releases_parent_once,
+            schedules::schedule_crud_and_advance,
+            schedules::scheduler_fires_each_tick_once,
             race::concurrent_claimers_never_share_a_job,
             race::concurrent_reports_and_claims
         );

@@ -37,11 +37,13 @@ mod handler;
 mod maintenance;
 mod reporter;
 mod run;
+mod scheduler;
 mod worker;
 
 pub use context::JobContext;
 pub use error::JobError;
 pub use maintenance::{MaintenanceConfig, run_maintenance};
+pub use scheduler::scheduler_pass;
 pub use worker::{Worker, WorkerBuilder, WorkerConfig};
 
 pub use tokio_util::sync::CancellationToken;

@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod enqueue;
 mod inspect;
+mod schedule;
 mod server;
 mod work;
 
@@ -64,6 +65,7 @@ async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, Cli
         Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
         Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
         Command::Work(a) => work::work(store, a, remote).await,
+        Command::Schedule(c) => schedule::schedule(&store, c, json).await,
         Command::Bench(_) | Command::Server(_) => unreachable!("dispatched before a store is opened"),
     }
 }
