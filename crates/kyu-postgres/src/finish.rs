@@ -96,12 +96,13 @@ pub(crate) async fn report_many<C: Conn>(
         for r in rows {
             done.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?));
         }
+        // Dependents are released once for the whole batch: a parent with
+        // 10,000 children is updated once per batch, not once per child.
+        let released: Vec<i64> = done.values().filter(|(_, deps)| *deps).map(|(seq, _)| *seq).collect();
+        release_completed(tx, &released).await?;
         for (k, i) in slots.into_iter().enumerate() {
             out[i] = Some(match done.get(&ids[k]) {
-                Some(&(seq, has_dependents)) => {
-                    if has_dependents {
-                        release_dependents(tx, seq, false).await?;
-                    }
+                Some(_) => {
                     tx.event(StoreEvent::JobFinished(reports[i].id.clone()));
                     Ok(JobState::Completed)
                 }
@@ -118,6 +119,35 @@ pub(crate) async fn report_many<C: Conn>(
         }
     }
     Ok(out.into_iter().map(|o| o.expect("every report answered")).collect())
+}
+
+/// Waiting jobs whose dependencies among `seqs` just completed: one fewer
+/// pending each, released at zero. Concurrent batches serialise on each
+/// dependent's row lock and re-read it (READ COMMITTED), so a parent is
+/// released exactly once however its children race.
+async fn release_completed<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let rows = tx
+        .c
+        .query(
+            "UPDATE kyu_jobs j SET pending_deps = j.pending_deps - c.n, \
+               state = CASE WHEN j.pending_deps = c.n THEN CASE WHEN j.run_at <= $2 THEN 'queued' ELSE 'scheduled' END \
+                       ELSE j.state END \
+             FROM (SELECT job_seq, count(*)::int AS n FROM kyu_job_deps WHERE dep_seq = ANY($1) GROUP BY job_seq) AS c \
+             WHERE j.seq = c.job_seq AND j.state = 'waiting' \
+             RETURNING j.queue, j.state",
+            &[&seqs, &tx.now_ts],
+        )
+        .await
+        .db()?;
+    for r in rows {
+        if state_of(r.try_get(1).db()?)? != JobState::Waiting {
+            tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
+        }
+    }
+    Ok(())
 }
 
 /// A failure or a snooze: decided per job, from its attempt and policy.

@@ -61,7 +61,47 @@ pub(crate) fn held(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Held, StoreEr
     Ok(held)
 }
 
-pub(crate) fn report(tx: &mut Tx<'_>, r: Report) -> Result<JobState, StoreError> {
+/// Applies a batch of reports. Completed jobs' dependents are released once
+/// for the whole batch (a parent with 10,000 children is updated once per
+/// batch, not once per child), in this same transaction.
+pub(crate) fn report_many(tx: &mut Tx<'_>, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
+    let mut completed = Vec::new();
+    let out = reports.into_iter().map(|r| report(tx, r, &mut completed)).collect();
+    // An error here fails the whole operation, which rolls it all back.
+    release_completed(tx, &completed)?;
+    Ok(out)
+}
+
+/// Waiting jobs whose dependencies among `seqs` just completed: one fewer
+/// pending each (per completed dependency), released at zero.
+fn release_completed(tx: &mut Tx<'_>, seqs: &[i64]) -> Result<(), StoreError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let list = serde_json::to_string(seqs).expect("seqs");
+    let mut stmt = tx
+        .conn
+        .prepare_cached(
+            "UPDATE kyu_jobs SET pending_deps = pending_deps - c.n, \
+               state = CASE WHEN pending_deps = c.n THEN CASE WHEN run_at <= ?2 THEN 'queued' ELSE 'scheduled' END \
+                       ELSE state END \
+             FROM (SELECT job_seq, count(*) AS n FROM kyu_job_deps \
+                   WHERE dep_seq IN (SELECT value FROM json_each(?1)) GROUP BY job_seq) AS c \
+             WHERE kyu_jobs.seq = c.job_seq AND kyu_jobs.state = 'waiting' \
+             RETURNING queue, state",
+        )
+        .db()?;
+    let rows = stmt.query_map(params![list, tx.now_str], |r| Ok((r.get::<_, String>(0)?, r.get::<_, State>(1)?.0))).db()?;
+    for row in rows {
+        let (queue, state) = row.db()?;
+        if state != JobState::Waiting {
+            tx.events.push(StoreEvent::JobsAvailable(queue_name(&queue)));
+        }
+    }
+    Ok(())
+}
+
+fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<i64>) -> Result<JobState, StoreError> {
     let h = held(tx, &r.id, &r.token)?;
     match r.outcome {
         Outcome::Complete { result } => {
@@ -76,7 +116,7 @@ pub(crate) fn report(tx: &mut Tx<'_>, r: Report) -> Result<JobState, StoreError>
                 .execute(params![h.seq, result, tx.now_str, tx.now.plus_ms(keep).to_rfc3339()])
                 .db()?;
             if h.has_dependents {
-                release_dependents(tx, h.seq, false)?;
+                completed.push(h.seq);
             }
             tx.events.push(StoreEvent::JobFinished(h.id));
             Ok(JobState::Completed)

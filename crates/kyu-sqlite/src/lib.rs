@@ -185,7 +185,7 @@ impl Store for SqliteStore {
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
         // One operation for the whole batch, so it shares one savepoint; each
         // report still fails alone because a refused report writes nothing.
-        self.inner.writer.write(move |tx| Ok(reports.into_iter().map(|r| finish::report(tx, r)).collect())).await
+        self.inner.writer.write(move |tx| finish::report_many(tx, reports)).await
     }
 
     async fn job_report_and_claim(
@@ -196,7 +196,7 @@ impl Store for SqliteStore {
         self.inner
             .writer
             .write(move |tx| {
-                let reported: Vec<_> = reports.into_iter().map(|r| finish::report(tx, r)).collect();
+                let reported = finish::report_many(tx, reports)?;
                 let claimed = if claim.max == 0 || claim.queues.is_empty() {
                     ClaimResult::default()
                 } else {
