@@ -87,6 +87,22 @@ fn walkthrough(k: &Kyu) {
     assert_eq!(ok(200, s.call("POST", "/v1/queues/api/pause", None))["paused"], true);
     assert_eq!(ok(200, s.call("POST", "/v1/queues/api/resume", None))["paused"], false);
 
+    // Many reports in one request, each answered in its own slot.
+    ok(201, s.call("POST", "/v1/jobs/batch", Some(r#"{"jobs":[{"queue":"rep","kind":"k","id":"r1"},{"queue":"rep","kind":"k","id":"r2","max_attempts":1},{"queue":"rep","kind":"k","id":"r3"}]}"#)));
+    let got = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["rep"],"worker":"w","max":3}"#)));
+    let tok_of = |id: &str| got["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id).unwrap()["token"].as_str().unwrap().to_owned();
+    let batch = json!({"reports": [
+        {"outcome": "complete", "id": "r1", "token": tok_of("r1"), "result": 1},
+        {"outcome": "fail", "id": "r2", "token": tok_of("r2"), "error": "no", "retry": false},
+        {"outcome": "complete", "id": "r3", "token": "forged", "result": 3},
+    ]});
+    let answer = ok(200, s.call("POST", "/v1/reports", Some(&batch.to_string())));
+    assert_eq!(answer["results"][0], json!({"id": "r1", "state": "completed"}));
+    assert_eq!(answer["results"][1], json!({"id": "r2", "state": "failed"}));
+    assert_eq!(answer["results"][2]["error"]["code"], "conflict", "{answer}");
+    assert_eq!(ok(200, s.call("GET", "/v1/jobs/r3", None))["state"], "running", "the refused report changed nothing");
+    error_code(422, s.call("POST", "/v1/reports", Some(r#"{"reports":[{"outcome":"explode","id":"r3","token":"t"}]}"#)));
+
     // Schedules.
     let sched = ok(200, s.call("PUT", "/v1/schedules/nightly", Some(r#"{"cron":"0 3 * * *","timezone":"Europe/Paris","job":{"queue":"cron","kind":"report","payload":{"full":true}}}"#)));
     assert_eq!((sched["name"].as_str(), sched["timezone"].as_str(), sched["enabled"].as_bool()), (Some("nightly"), Some("Europe/Paris"), Some(true)));

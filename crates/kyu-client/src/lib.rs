@@ -155,6 +155,18 @@ struct BatchAnswer {
 }
 
 #[derive(serde::Deserialize)]
+struct ReportsAnswer {
+    results: Vec<ReportAnswer>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportAnswer {
+    id: String,
+    state: Option<JobState>,
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
 struct Claimed {
     jobs: Vec<ClaimedJob>,
 }
@@ -181,22 +193,35 @@ impl Store for HttpStore {
     }
 
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, r) in reports.into_iter().enumerate() {
-            let this = self.clone();
-            tasks.spawn(async move {
-                let (path, body) = match r.outcome {
-                    Outcome::Complete { result } => ("complete", json!({"token": r.token, "result": result})),
-                    Outcome::Fail { error, failure } => {
-                        ("fail", json!({"token": r.token, "error": error, "retry": failure.retry, "retry_in_ms": failure.retry_in_ms}))
-                    }
-                    Outcome::Snooze { delay_ms } => ("snooze", json!({"token": r.token, "delay_ms": delay_ms})),
-                };
-                let job: Result<Job, StoreError> = this.post(&format!("/v1/jobs/{}/{path}", r.id), body).await;
-                (i, job.map(|j| j.state))
-            });
-        }
-        collect(tasks).await
+        // One request for the whole batch (POST /v1/reports), answered per report.
+        let items: Vec<Value> = reports
+            .into_iter()
+            .map(|r| match r.outcome {
+                Outcome::Complete { result } => json!({"outcome": "complete", "id": r.id, "token": r.token, "result": result}),
+                Outcome::Fail { error, failure } => json!({"outcome": "fail", "id": r.id, "token": r.token, "error": error,
+                    "retry": failure.retry, "retry_in_ms": failure.retry_in_ms}),
+                Outcome::Snooze { delay_ms } => json!({"outcome": "snooze", "id": r.id, "token": r.token, "delay_ms": delay_ms}),
+            })
+            .collect();
+        let answer: ReportsAnswer = self.post("/v1/reports", json!({ "reports": items })).await?;
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|a| match (a.state, a.error) {
+                (Some(state), _) => Ok(state),
+                (None, Some(e)) => {
+                    let message = e["message"].as_str().unwrap_or("refused").to_owned();
+                    Err(match e["code"].as_str() {
+                        Some("not_found") => StoreError::NotFound(message.trim_end_matches(" not found").to_owned()),
+                        Some("conflict") => StoreError::Conflict(message),
+                        Some("invalid") => StoreError::Invalid(ValidationError::new("report", message)),
+                        Some("unavailable") => StoreError::Unavailable(message.into()),
+                        _ => StoreError::Backend(message.into()),
+                    })
+                }
+                (None, None) => Err(StoreError::Backend(format!("no answer for job `{}`", a.id).into())),
+            })
+            .collect())
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {

@@ -108,6 +108,7 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
     }
     if method == Method::POST
         && (path == "/v1/claim"
+            || path == "/v1/reports"
             || (path.starts_with("/v1/jobs/")
                 && ["/heartbeat", "/complete", "/fail", "/snooze", "/checkpoint", "/progress", "/children"]
                     .iter()

@@ -17,6 +17,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{id}/retry"),
     ("post", "/v1/jobs/retry"),
     ("post", "/v1/claim"),
+    ("post", "/v1/reports"),
     ("post", "/v1/jobs/{id}/heartbeat"),
     ("post", "/v1/jobs/{id}/complete"),
     ("post", "/v1/jobs/{id}/fail"),
@@ -137,6 +138,26 @@ pub fn document() -> Value {
         vec![ok("200", "claimed jobs (maybe none)", Some(json!({"type": "object", "required": ["jobs"],
             "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")}}})))],
         &["400", "401", "403", "415", "422"]));
+    let report_item = |outcome: &str, extra: Value, required: &[&str]| {
+        let mut props = json!({"outcome": {"const": outcome}, "id": {"type": "string", "pattern": ID_PATTERN}, "token": {"type": "string"}});
+        for (k, v) in extra.as_object().expect("object") {
+            props[k] = v.clone();
+        }
+        let mut req = vec!["outcome".to_owned(), "id".to_owned(), "token".to_owned()];
+        req.extend(required.iter().map(|s| s.to_string()));
+        json!({"type": "object", "required": req, "additionalProperties": false, "properties": props})
+    };
+    add("/v1/reports", "post", op("Many reports in one request; each answered in its own slot", none.clone(),
+        Some(body(json!({"type": "object", "required": ["reports"], "additionalProperties": false, "properties": {
+            "reports": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"oneOf": [
+                report_item("complete", json!({"result": {}}), &[]),
+                report_item("fail", json!({"error": {"type": "string"}, "retry_in_ms": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+                    "retry": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}), &["error"]),
+                report_item("snooze", json!({"delay_ms": {"type": "integer", "minimum": 0}}), &["delay_ms"])]}}}}))),
+        vec![ok("200", "one answer per report", Some(json!({"type": "object", "required": ["results"], "properties": {
+            "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string"}, "state": r("State"), "error": {"type": "object"}}}}}})))],
+        &["400", "401", "403", "413", "415", "422"]));
     let token_body = |extra: Value, required: &[&str]| {
         let mut props = json!({"token": {"type": "string"}});
         for (k, v) in extra.as_object().expect("object") {

@@ -262,3 +262,99 @@ pub(crate) async fn children<S: Store>(
     let added = app.store.job_add_children(JobAddChildrenParams { id: job_id(id)?, token: r.token, jobs, wait: r.wait }).await?;
     Ok(axum::Json(added))
 }
+
+/// One report in `POST /v1/reports`.
+#[derive(Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub(crate) enum ReportItem {
+    Complete {
+        id: String,
+        token: String,
+        #[serde(default)]
+        result: Value,
+    },
+    Fail {
+        id: String,
+        token: String,
+        error: String,
+        retry_in_ms: Option<i64>,
+        retry: Option<bool>,
+    },
+    Snooze {
+        id: String,
+        token: String,
+        delay_ms: i64,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReportsRequest {
+    reports: Vec<ReportItem>,
+}
+
+/// One answer in `POST /v1/reports`: the job's new state, or why the report was refused.
+#[derive(Serialize)]
+pub(crate) struct ReportAnswer {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<kyu_core::JobState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ReportsAnswer {
+    results: Vec<ReportAnswer>,
+}
+
+/// `POST /v1/reports`: many reports (complete, fail, snooze) in one request
+/// and one store call, as a worker that finished a batch sends them. Each is
+/// checked against its own token and answered in its own slot; a refused one
+/// changes nothing and does not affect the others.
+pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): Json<ReportsRequest>) -> ApiResult<axum::Json<ReportsAnswer>> {
+    if r.reports.is_empty() || r.reports.len() > MAX_CLAIM {
+        return Err(ApiError::invalid("reports", format!("give 1 to {MAX_CLAIM} reports")));
+    }
+    let mut batch = Vec::with_capacity(r.reports.len());
+    for (i, item) in r.reports.into_iter().enumerate() {
+        let field = |f: &str| format!("reports[{i}].{f}");
+        let (id, token, outcome) = match item {
+            ReportItem::Complete { id, token, result } => {
+                if result.to_string().len() > app.config.limits.max_payload_bytes {
+                    return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("{}: over the size limit", field("result"))));
+                }
+                (id, token, Outcome::Complete { result })
+            }
+            ReportItem::Fail { id, token, error, retry_in_ms, retry } => {
+                if matches!(retry_in_ms, Some(ms) if ms < 0) {
+                    return Err(ApiError::invalid(&field("retry_in_ms"), "must be >= 0"));
+                }
+                let failure = Failure { retry: retry.unwrap_or(true), retry_in_ms };
+                (id, token, Outcome::Fail { error: error.chars().take(8192).collect(), failure })
+            }
+            ReportItem::Snooze { id, token, delay_ms } => {
+                if delay_ms < 0 {
+                    return Err(ApiError::invalid(&field("delay_ms"), "must be >= 0"));
+                }
+                (id, token, Outcome::Snooze { delay_ms })
+            }
+        };
+        let id = JobId::new(id).map_err(|m| ApiError::invalid(&field("id"), m))?;
+        batch.push(Report { id, token, outcome });
+    }
+    let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
+    let results = app.store.job_report_many(batch).await?;
+    let results = ids
+        .into_iter()
+        .zip(results)
+        .map(|(id, r)| match r {
+            Ok(state) => ReportAnswer { id, state: Some(state), error: None },
+            Err(e) => {
+                let e = ApiError::from(e);
+                ReportAnswer { id, state: None, error: Some(serde_json::json!({"code": e.code, "message": e.message})) }
+            }
+        })
+        .collect();
+    Ok(axum::Json(ReportsAnswer { results }))
+}
