@@ -138,21 +138,7 @@ pub(crate) async fn prune<C: Conn>(tx: &Tx<'_, C>, batch: usize) -> Result<u64, 
 }
 
 pub(crate) async fn queue_update<C: Conn>(tx: &Tx<'_, C>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
-    if let Some(Some(c)) = p.concurrency
-        && c < 0
-    {
-        return Err(ValidationError::new("concurrency", "must be >= 0 or null").into());
-    }
-    if let Some(Some(c)) = p.group_concurrency
-        && c < 1
-    {
-        return Err(ValidationError::new("group_concurrency", "must be >= 1 or null").into());
-    }
-    if let Some(Some(r)) = p.rate_limit
-        && (r.max < 1 || r.per_ms < 1)
-    {
-        return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1").into());
-    }
+    p.check()?;
     let name = p.name.as_str();
     tx.c.execute(
         "INSERT INTO kyu_queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",

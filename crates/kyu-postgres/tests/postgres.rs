@@ -164,3 +164,41 @@ async fn children_finishing_at_once_release_the_parent_once() {
     assert_eq!(got.len(), 1, "released exactly once");
     assert_eq!(got[0].dependency_results.len(), n);
 }
+
+/// The LISTEN connection is killed: the store reconnects on its own and
+/// notifications flow again (polling covers the gap meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_reconnects_after_its_connection_dies() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let other = other_process_view(&schema).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !other.is_listening() {
+        assert!(Instant::now() < deadline, "the LISTEN connection came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let admin = store.pool().get().await.unwrap();
+    // Only this schema's listeners: other tests run beside this one.
+    let listen = format!("LISTEN \"kyu:{schema}\"");
+    let killed = admin
+        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()", &[&listen])
+        .await
+        .unwrap();
+    assert!(!killed.is_empty(), "a LISTEN connection to kill");
+    // It notices, reconnects, and listens again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while !other.is_listening() {
+        assert!(Instant::now() < deadline, "the listener reconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut events = other.subscribe();
+    store.job_insert_many(JobInsertManyParams { jobs: vec![spec("after-reconnect")] }).await.unwrap();
+    let want = StoreEvent::JobsAvailable(kyu_core::QueueName::new("after-reconnect").unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.recv()).await.expect("a notification after reconnecting").unwrap();
+        if ev == want {
+            break;
+        }
+    }
+}

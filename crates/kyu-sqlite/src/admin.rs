@@ -140,21 +140,7 @@ pub(crate) fn prune(tx: &mut Tx<'_>, batch: usize) -> Result<u64, StoreError> {
 }
 
 pub(crate) fn queue_update(tx: &mut Tx<'_>, p: QueueUpdateParams) -> Result<QueueInfo, StoreError> {
-    if let Some(Some(c)) = p.concurrency
-        && c < 0
-    {
-        return Err(ValidationError::new("concurrency", "must be >= 0 or null").into());
-    }
-    if let Some(Some(c)) = p.group_concurrency
-        && c < 1
-    {
-        return Err(ValidationError::new("group_concurrency", "must be >= 1 or null").into());
-    }
-    if let Some(Some(r)) = p.rate_limit
-        && (r.max < 1 || r.per_ms < 1)
-    {
-        return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1").into());
-    }
+    p.check()?;
     ensure_queue(tx, p.name.as_str())?;
     let name = p.name.as_str();
     if let Some(paused) = p.paused {

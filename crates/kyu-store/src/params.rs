@@ -253,6 +253,29 @@ pub struct QueueUpdateParams {
     pub group_concurrency: Option<Option<i32>>,
 }
 
+impl QueueUpdateParams {
+    /// Checks the new limits; both backends call this before writing.
+    pub fn check(&self) -> Result<(), kyu_core::ValidationError> {
+        use kyu_core::ValidationError;
+        if let Some(Some(c)) = self.concurrency
+            && c < 0
+        {
+            return Err(ValidationError::new("concurrency", "must be >= 0 or null"));
+        }
+        if let Some(Some(c)) = self.group_concurrency
+            && c < 1
+        {
+            return Err(ValidationError::new("group_concurrency", "must be >= 1 or null"));
+        }
+        if let Some(Some(r)) = self.rate_limit
+            && (r.max < 1 || r.per_ms < 1)
+        {
+            return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
 /// A store notification, sent after the transaction that caused it commits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StoreEvent {
