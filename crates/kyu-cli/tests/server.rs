@@ -102,6 +102,7 @@ fn walkthrough(k: &Kyu) {
     assert_eq!(answer["results"][2]["error"]["code"], "conflict", "{answer}");
     assert_eq!(ok(200, s.call("GET", "/v1/jobs/r3", None))["state"], "running", "the refused report changed nothing");
     error_code(422, s.call("POST", "/v1/reports", Some(r#"{"reports":[{"outcome":"explode","id":"r3","token":"t"}]}"#)));
+    error_code(422, s.call("POST", "/v1/reports", Some(r#"{"reports":[{"outcome":"snooze","id":"r3","token":"t","delay_ms":0,"extra":1}]}"#)));
 
     // Schedules.
     let sched = ok(200, s.call("PUT", "/v1/schedules/nightly", Some(r#"{"cron":"0 3 * * *","timezone":"Europe/Paris","job":{"queue":"cron","kind":"report","payload":{"full":true}}}"#)));

@@ -265,7 +265,7 @@ pub(crate) async fn children<S: Store>(
 
 /// One report in `POST /v1/reports`.
 #[derive(Deserialize)]
-#[serde(tag = "outcome", rename_all = "lowercase")]
+#[serde(tag = "outcome", rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum ReportItem {
     Complete {
         id: String,
