@@ -323,7 +323,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86_400e3,
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
     };
-    if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+    if !ms.is_finite() || !(0.0..=1e15).contains(&ms) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(Duration::from_millis(ms as u64))

@@ -107,7 +107,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
             batch.push((order, job, deps));
         }
         // RETURNING does not promise the subquery's order; restore it.
-        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        batch.sort_by_key(|a| a.0);
         if let Some((start, used)) = window
             && !batch.is_empty()
         {

@@ -36,7 +36,7 @@ pub(crate) async fn page<S: Store>(State(app): State<AppState<S>>, req: Request)
             }
             return login(Some("That token is not valid."));
         }
-        if !presented(&req).is_some_and(|t| app.tokens.role_of(&t).is_some()) {
+        if presented(&req).is_none_or(|t| app.tokens.role_of(&t).is_none()) {
             return login(None);
         }
     }

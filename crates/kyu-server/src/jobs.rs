@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::{AppState, MAX_WAIT_MS};
 
 pub(crate) fn job_id(id: String) -> ApiResult<JobId> {
-    JobId::new(id).map_err(|m| ApiError::bad_request(m))
+    JobId::new(id).map_err(ApiError::bad_request)
 }
 
 pub(crate) async fn must_get<S: Store>(app: &AppState<S>, id: &JobId) -> ApiResult<Job> {

@@ -76,7 +76,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
         }
         drop(stmt);
         // RETURNING does not promise the subquery's order; restore it.
-        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        batch.sort_by_key(|a| a.0);
         count_claims(tx, queue, window, batch.len())?;
         for (order, mut job, deps) in batch {
             if let Some(deps) = deps {
@@ -103,7 +103,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
 /// and for a rate-limited queue its current window `(start, claims so far)`.
 /// Limits are read inside the claim's transaction, so they hold across every
 /// process sharing the file. The rate limit is a fixed window.
-fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usize, Option<(Millis, i64)>)>, StoreError> {
+fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usize, Option<RateWindow>)>, StoreError> {
     let limits = tx
         .conn
         .prepare_cached(
@@ -152,8 +152,11 @@ fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usiz
     Ok((allowed > 0).then_some((allowed as usize, window)))
 }
 
+/// A rate-limited queue's current window: when it opened, claims so far.
+type RateWindow = (Millis, i64);
+
 /// Records `n` more claims in the queue's current rate window.
-fn count_claims(tx: &Tx<'_>, queue: &QueueName, window: Option<(Millis, i64)>, n: usize) -> Result<(), StoreError> {
+fn count_claims(tx: &Tx<'_>, queue: &QueueName, window: Option<RateWindow>, n: usize) -> Result<(), StoreError> {
     let Some((start, used)) = window else { return Ok(()) };
     if n == 0 {
         return Ok(());

@@ -28,7 +28,7 @@ const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, canc
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
         seq: r.get(0)?,
-        id: JobId::new(r.get::<_, String>(1)?).map_err(|e| rusqlite::Error::InvalidColumnName(e))?,
+        id: JobId::new(r.get::<_, String>(1)?).map_err(rusqlite::Error::InvalidColumnName)?,
         queue: r.get(2)?,
         attempt: r.get(3)?,
         max_attempts: r.get(4)?,

@@ -94,11 +94,10 @@ fn parse_specs(text: &str) -> Result<Vec<JobSpec>, CliError> {
         jobs: Vec<JobSpec>,
     }
     let trimmed = text.trim_start();
-    if trimmed.starts_with('{') && trimmed.contains("\"jobs\"") {
-        if let Ok(b) = serde_json::from_str::<Batch>(trimmed) {
+    if trimmed.starts_with('{') && trimmed.contains("\"jobs\"")
+        && let Ok(b) = serde_json::from_str::<Batch>(trimmed) {
             return Ok(b.jobs);
         }
-    }
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -105,9 +105,9 @@ fn print_config(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &ServerAr
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86_400 == 0 && s > 0 {
+    if s.is_multiple_of(86_400) && s > 0 {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 && s > 0 {
+    } else if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
     } else {
         format!("{}ms", d.as_millis())
