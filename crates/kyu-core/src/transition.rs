@@ -46,6 +46,29 @@ pub fn after_failure(
     AfterFailure::Retry { run_at: now.plus_ms(delay) }
 }
 
+/// What a dependency in `state` means for a job waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dependency {
+    /// Nothing to wait for: it completed (or failed, and the dependent
+    /// continues on failure).
+    Satisfied,
+    /// It failed or was cancelled: the dependent fails too.
+    Broken,
+    /// It has not finished: wait.
+    Pending,
+}
+
+/// The one rule for dependencies, used wherever a dependency's state is read
+/// (enqueue with `depends_on`, children added at run time).
+pub fn dependency(state: JobState, continue_on_failure: bool) -> Dependency {
+    match state {
+        JobState::Completed => Dependency::Satisfied,
+        JobState::Failed | JobState::Cancelled if continue_on_failure => Dependency::Satisfied,
+        JobState::Failed | JobState::Cancelled => Dependency::Broken,
+        _ => Dependency::Pending,
+    }
+}
+
 /// The state a job enters when it becomes runnable at `run_at`.
 pub fn runnable_state(now: Millis, run_at: Millis) -> JobState {
     if run_at > now { JobState::Scheduled } else { JobState::Queued }

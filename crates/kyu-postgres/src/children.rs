@@ -1,6 +1,6 @@
 //! Children added by a running job (BullMQ's `moveToWaitingChildren`).
 
-use kyu_core::transition::AfterFailure;
+use kyu_core::transition::{AfterFailure, Dependency, dependency};
 use kyu_core::{JobId, JobState};
 use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError, StoreEvent};
 use serde_json::Value;
@@ -42,11 +42,10 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
             .await
             .db()?;
         let (seq, state): (i64, JobState) = (r.try_get(0).db()?, state_of(r.try_get(1).db()?)?);
-        match state {
-            JobState::Completed => {}
-            JobState::Failed | JobState::Cancelled if continue_on_failure => {}
-            JobState::Failed | JobState::Cancelled => failed = failed.or(Some(c.id.clone())),
-            _ => pending.push(seq),
+        match dependency(state, continue_on_failure) {
+            Dependency::Satisfied => {}
+            Dependency::Broken => failed = failed.or(Some(c.id.clone())),
+            Dependency::Pending => pending.push(seq),
         }
     }
     if let Some(dep) = failed {

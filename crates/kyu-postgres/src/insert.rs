@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-use kyu_core::transition::runnable_state;
+use kyu_core::transition::{Dependency, dependency, runnable_state};
 use kyu_core::{ErrorEntry, JobId, JobState, NewJob, ValidationError};
 use kyu_store::{Inserted, StoreError, StoreEvent};
 use crate::conn::Conn;
@@ -203,10 +203,11 @@ async fn insert_one<C: Conn>(tx: &Tx<'_, C>, job: NewJob) -> Result<Inserted, St
                 None => {
                     return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{dep}`")).into());
                 }
-                Some((_, JobState::Completed)) => {}
-                Some((_, JobState::Failed | JobState::Cancelled)) if job.continue_on_failure => {}
-                Some((_, JobState::Failed | JobState::Cancelled)) => failed_dep = failed_dep.or(Some(dep)),
-                Some((seq, _)) => pending.push(*seq),
+                Some(&(seq, state)) => match dependency(state, job.continue_on_failure) {
+                    Dependency::Satisfied => {}
+                    Dependency::Broken => failed_dep = failed_dep.or(Some(dep)),
+                    Dependency::Pending => pending.push(seq),
+                },
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Children added by a running job (BullMQ's `moveToWaitingChildren`).
 
-use kyu_core::transition::AfterFailure;
+use kyu_core::transition::{AfterFailure, Dependency, dependency};
 use kyu_core::{JobId, JobState};
 use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params};
@@ -42,11 +42,10 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
             .optional()
             .db()?
             .ok_or_else(|| StoreError::job_not_found(&c.id))?;
-        match state {
-            JobState::Completed => {}
-            JobState::Failed | JobState::Cancelled if continue_on_failure => {}
-            JobState::Failed | JobState::Cancelled => failed = failed.or(Some(c.id.clone())),
-            _ => pending.push(seq),
+        match dependency(state, continue_on_failure) {
+            Dependency::Satisfied => {}
+            Dependency::Broken => failed = failed.or(Some(c.id.clone())),
+            Dependency::Pending => pending.push(seq),
         }
     }
     if let Some(dep) = failed {

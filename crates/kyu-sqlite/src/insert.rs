@@ -1,5 +1,6 @@
 //! Enqueue: one transaction for a whole batch.
 
+use kyu_core::transition::{Dependency, dependency};
 use kyu_core::{Backoff, ErrorEntry, JobId, JobState, NewJob, ValidationError};
 use kyu_store::{Inserted, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params};
@@ -67,10 +68,11 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
             None => {
                 return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{dep}`")).into());
             }
-            Some((_, _, JobState::Completed)) => {}
-            Some((_, _, JobState::Failed | JobState::Cancelled)) if job.continue_on_failure => {}
-            Some((_, _, JobState::Failed | JobState::Cancelled)) => failed_dep = failed_dep.or(Some(dep)),
-            Some((seq, _, _)) => pending.push(seq),
+            Some((seq, _, state)) => match dependency(state, job.continue_on_failure) {
+                Dependency::Satisfied => {}
+                Dependency::Broken => failed_dep = failed_dep.or(Some(dep)),
+                Dependency::Pending => pending.push(seq),
+            },
         }
     }
 
