@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod fairness;
 pub mod flow;
 pub mod job;
 pub mod retry;

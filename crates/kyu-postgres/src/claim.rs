@@ -38,7 +38,8 @@ pub(crate) async fn report_and_claim<C: Conn>(
     };
     let limits = async {
         tx.c.query(
-            "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL FROM kyu_queues WHERE name = ANY($1)",
+            "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL OR group_concurrency IS NOT NULL \
+             FROM kyu_queues WHERE name = ANY($1)",
             &[&names],
         )
         .await
@@ -66,48 +67,44 @@ pub(crate) async fn report_and_claim<C: Conn>(
         }
         let mut want = (p.max - jobs.len()) as i64;
         let mut window = None;
+        let mut groups = None;
         if limited {
-            let Some((allowed, w)) = allowance(tx, name, want).await? else { continue };
-            want = allowed;
-            window = w;
+            let Some(a) = allowance(tx, name, want).await? else { continue };
+            want = a.n;
+            window = a.window;
+            groups = a.groups;
         }
-        let rows = tx
-            .c
-            .query(
-                "WITH picked AS ( \
-                   SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' \
-                   ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
-                   started_at = $5, lease_expires_at = $6 \
-                 FROM picked WHERE j.seq = picked.seq \
-                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
-                   j.depends_on, j.priority, j.run_at, j.seq",
-                &[name, &want, &token, &p.worker, &tx.now_ts, &ts(lease)],
-            )
-            .await
-            .db()?;
         let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
-        let mut batch = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let deps: Option<Value> = r.try_get(7).db()?;
-            let order = (-(r.try_get::<_, i32>(8).db()?), r.try_get::<_, SystemTime>(9).db()?, r.try_get::<_, i64>(10).db()?);
-            let job = ClaimedJob {
-                id: job_id(r.try_get(0).db()?)?,
-                queue: queue.clone(),
-                kind: r.try_get(1).db()?,
-                payload: r.try_get(2).db()?,
-                checkpoint: r.try_get(3).db()?,
-                attempt: r.try_get(4).db()?,
-                max_attempts: r.try_get(5).db()?,
-                timeout_ms: r.try_get(6).db()?,
-                token: token.clone(),
-                lease_expires_at: lease,
-                dependency_results: BTreeMap::new(),
-            };
-            batch.push((order, job, deps));
+        let mut batch = Vec::new();
+        match &groups {
+            None => batch = take(tx, &queue, "", None, want, &token, &p.worker, lease).await?,
+            Some((cap, cursor)) => {
+                let heads = group_heads(tx, name).await?;
+                let running = running_per_group(tx, name).await?;
+                let quotas = kyu_core::fairness::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
+                let mut last = None;
+                for (group, n) in &quotas {
+                    let got = take(tx, &queue, "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
+                    if !got.is_empty() {
+                        last = Some(group.clone());
+                    }
+                    batch.extend(got);
+                }
+                // Jobs without a group are not limited; they fill what is left.
+                if (batch.len() as i64) < want {
+                    let rest = want - batch.len() as i64;
+                    batch.extend(take(tx, &queue, "AND group_key IS NULL", None, rest, &token, &p.worker, lease).await?);
+                }
+                if let Some(last) = last {
+                    tx.c.execute("UPDATE kyu_queues SET group_cursor = $2 WHERE name = $1", &[name, &last]).await.db()?;
+                }
+            }
         }
-        // RETURNING does not promise the subquery's order; restore it.
-        batch.sort_by_key(|a| a.0);
+        // RETURNING does not promise the subquery's order; restore it, except
+        // across groups, where the round-robin order is the point.
+        if groups.is_none() {
+            batch.sort_by_key(|a| a.0);
+        }
         if let Some((start, used)) = window
             && !batch.is_empty()
         {
@@ -134,16 +131,20 @@ pub(crate) async fn report_and_claim<C: Conn>(
 /// now. The queue row is locked until commit, so concurrent claimers on any
 /// node take turns and the limits hold across all of them; queues without
 /// limits never take this lock.
-async fn allowance<C: Conn>(
-    tx: &Tx<'_, C>,
-    name: &str,
-    want: i64,
-) -> Result<Option<(i64, Option<(Millis, i64)>)>, StoreError> {
+/// What a limited queue may hand out now.
+struct Allowance {
+    n: i64,
+    window: Option<(Millis, i64)>,
+    /// With `group_concurrency`: the cap per group and the round-robin cursor.
+    groups: Option<(i64, Option<String>)>,
+}
+
+async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: i64) -> Result<Option<Allowance>, StoreError> {
     let r = tx
         .c
         .query_one(
-            "SELECT concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count FROM kyu_queues \
-             WHERE name = $1 FOR UPDATE",
+            "SELECT concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count, group_concurrency, \
+               group_cursor FROM kyu_queues WHERE name = $1 FOR UPDATE",
             &[&name],
         )
         .await
@@ -169,7 +170,100 @@ async fn allowance<C: Conn>(
         allowed = allowed.min(max - current.1);
         window = Some(current);
     }
-    Ok((allowed > 0).then_some((allowed, window)))
+    let groups = r.try_get::<_, Option<i32>>(5).db()?.map(i64::from).map(|cap| (cap, None::<String>));
+    let groups = match groups {
+        Some((cap, _)) => Some((cap, r.try_get::<_, Option<String>>(6).db()?)),
+        None => None,
+    };
+    Ok((allowed > 0).then_some(Allowance { n: allowed, window, groups }))
+}
+
+type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
+
+/// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
+/// `$7` for `group`), `SKIP LOCKED`, under one token and lease.
+#[allow(clippy::too_many_arguments)]
+async fn take<C: Conn>(
+    tx: &Tx<'_, C>,
+    queue: &QueueName,
+    filter: &str,
+    group: Option<&str>,
+    n: i64,
+    token: &str,
+    worker: &str,
+    lease: Millis,
+) -> Result<Vec<Row>, StoreError> {
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH picked AS ( \
+           SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' {filter} \
+           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
+           started_at = $5, lease_expires_at = $6 \
+         FROM picked WHERE j.seq = picked.seq \
+         RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
+           j.depends_on, j.priority, j.run_at, j.seq"
+    );
+    let lease_ts = ts(lease);
+    let rows = match group {
+        Some(g) => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &g]).await,
+        None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts]).await,
+    }
+    .db()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let deps: Option<Value> = r.try_get(7).db()?;
+        let order = (-(r.try_get::<_, i32>(8).db()?), r.try_get::<_, SystemTime>(9).db()?, r.try_get::<_, i64>(10).db()?);
+        let job = ClaimedJob {
+            id: job_id(r.try_get(0).db()?)?,
+            queue: queue.clone(),
+            kind: r.try_get(1).db()?,
+            payload: r.try_get(2).db()?,
+            checkpoint: r.try_get(3).db()?,
+            attempt: r.try_get(4).db()?,
+            max_attempts: r.try_get(5).db()?,
+            timeout_ms: r.try_get(6).db()?,
+            token: token.to_owned(),
+            lease_expires_at: lease,
+            dependency_results: BTreeMap::new(),
+        };
+        out.push((order, job, deps));
+    }
+    Ok(out)
+}
+
+/// The groups with queued jobs on `queue`, ascending: a loose index scan,
+/// one index seek per group. At most 1,000 groups per claim.
+async fn group_heads<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<Vec<String>, StoreError> {
+    let rows = tx
+        .c
+        .query(
+            "WITH RECURSIVE g(k) AS ( \
+               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = $1 AND state = 'queued' AND group_key IS NOT NULL) \
+               UNION ALL \
+               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = $1 AND state = 'queued' AND group_key > g.k) \
+               FROM g WHERE g.k IS NOT NULL) \
+             SELECT k FROM g WHERE k IS NOT NULL LIMIT 1000",
+            &[&queue],
+        )
+        .await
+        .db()?;
+    rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()
+}
+
+async fn running_per_group<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let rows = tx
+        .c
+        .query(
+            "SELECT group_key, count(*) FROM kyu_jobs WHERE queue = $1 AND state = 'running' AND group_key IS NOT NULL \
+             GROUP BY group_key",
+            &[&queue],
+        )
+        .await
+        .db()?;
+    rows.iter().map(|r| Ok((r.try_get(0).db()?, r.try_get(1).db()?))).collect()
 }
 
 async fn dependency_results<C: Conn>(tx: &Tx<'_, C>, ids: &[String]) -> Result<BTreeMap<String, Value>, StoreError> {

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_schedules.sql")),
+    (3, include_str!("migrations/0003_groups.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

@@ -22,13 +22,25 @@ struct Limits {
     rate: Option<(i64, i64)>,
     window_start: Option<Millis>,
     window_count: i64,
+    group_concurrency: Option<i64>,
+    group_cursor: Option<String>,
 }
+
+/// What a queue may hand out now.
+struct Allowance {
+    n: usize,
+    window: Option<RateWindow>,
+    /// With `group_concurrency`: the cap per group and the round-robin cursor.
+    groups: Option<(i64, Option<String>)>,
+}
+
+type Row = ((i64, Millis, i64), ClaimedJob, Option<Vec<String>>);
 
 pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
     promote_due(tx)?;
     let token = new_token();
     let lease = tx.now.plus_ms(p.lease_ms).to_rfc3339();
-    let mut jobs: Vec<(i64, ClaimedJob)> = Vec::new();
+    let mut jobs: Vec<ClaimedJob> = Vec::new();
     let mut seen = Vec::new();
     // Queues are served in the order given, as Celery and arq do.
     for queue in &p.queues {
@@ -36,79 +48,153 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
             continue;
         }
         seen.push(queue);
-        let Some((allowed, window)) = allowance(tx, queue, p.max - jobs.len())? else { continue };
-        // The limit is part of the SQL text, not a parameter: SQLite
-        // recompiles a statement whenever a bound LIMIT changes (measured:
-        // one re-prepare per claim), while one cached statement per distinct
-        // limit costs nothing after its first use.
-        let sql = format!(
-            "UPDATE kyu_jobs SET state = 'running', attempt = attempt + 1, token = ?2, worker = ?3, \
-               started_at = ?4, lease_expires_at = ?5 \
-             WHERE seq IN (SELECT seq FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' \
-                           ORDER BY priority DESC, run_at, seq LIMIT {allowed}) \
-             RETURNING seq, id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, \
-               priority, run_at"
-        );
-        let mut stmt = tx.conn.prepare_cached(&sql).db()?;
-        let rows = stmt
-            .query_map(params![queue.as_str(), token, p.worker, tx.now_str, lease], |r| {
-                let claimed = ClaimedJob {
-                    id: JobId::new(r.get::<_, String>(1)?).map_err(rusqlite::Error::InvalidColumnName)?,
-                    queue: queue.clone(),
-                    kind: r.get(2)?,
-                    payload: r.get::<_, Json<Value>>(3)?.0,
-                    checkpoint: r.get::<_, Option<Json<Value>>>(4)?.map(|j| j.0),
-                    attempt: r.get(5)?,
-                    max_attempts: r.get(6)?,
-                    timeout_ms: r.get(7)?,
-                    token: token.clone(),
-                    lease_expires_at: tx.now,
-                    dependency_results: BTreeMap::new(),
-                };
-                let deps: Option<Json<Vec<String>>> = r.get(8)?;
-                let order = (-(r.get::<_, i64>(9)?), r.get::<_, Ts>(10)?.0, r.get::<_, i64>(0)?);
-                Ok((order, claimed, deps.map(|d| d.0)))
-            })
-            .db()?;
-        let mut batch = Vec::new();
-        for row in rows {
-            batch.push(row.db()?);
+        let Some(a) = allowance(tx, queue, p.max - jobs.len())? else { continue };
+        let take = |tx: &Tx<'_>, filter: &str, group: Option<&str>, n: usize| take(tx, queue, filter, group, n, &token, &p.worker, &lease);
+        let mut batch: Vec<Row> = Vec::new();
+        match &a.groups {
+            None => batch = take(tx, "", None, a.n)?,
+            Some((cap, cursor)) => {
+                let groups = group_heads(tx, queue)?;
+                let running = running_per_group(tx, queue)?;
+                let quotas = kyu_core::fairness::group_quotas(&groups, cursor.as_deref(), &running, *cap, a.n);
+                let mut last = None;
+                for (group, n) in &quotas {
+                    let got = take(tx, "AND group_key = ?6", Some(group), *n)?;
+                    if !got.is_empty() {
+                        last = Some(group.clone());
+                    }
+                    batch.extend(got);
+                }
+                // Jobs without a group are not limited; they fill what is left.
+                if batch.len() < a.n {
+                    let rest = take(tx, "AND group_key IS NULL", None, a.n - batch.len())?;
+                    batch.extend(rest);
+                }
+                if let Some(last) = last {
+                    tx.conn
+                        .prepare_cached("UPDATE kyu_queues SET group_cursor = ?2 WHERE name = ?1")
+                        .db()?
+                        .execute(params![queue.as_str(), last])
+                        .db()?;
+                }
+            }
         }
-        drop(stmt);
-        // RETURNING does not promise the subquery's order; restore it.
-        batch.sort_by_key(|a| a.0);
-        count_claims(tx, queue, window, batch.len())?;
-        for (order, mut job, deps) in batch {
+        // RETURNING does not promise the subquery's order; restore it, except
+        // across groups, where the round-robin order is the point.
+        if a.groups.is_none() {
+            batch.sort_by_key(|x| x.0);
+        }
+        count_claims(tx, queue, a.window, batch.len())?;
+        for (_, mut job, deps) in batch {
             if let Some(deps) = deps {
                 job.dependency_results = dependency_results(tx, &deps)?;
             }
-            jobs.push((order.2, job));
+            jobs.push(job);
         }
     }
     let lease_at = tx.now.plus_ms(p.lease_ms);
     let next = if jobs.len() < p.max { next_run_at(tx, &p.queues)? } else { None };
-    Ok(ClaimResult {
-        jobs: jobs
-            .into_iter()
-            .map(|(_, mut j)| {
-                j.lease_expires_at = lease_at;
-                j
-            })
-            .collect(),
-        next_run_at: next,
-    })
+    for j in &mut jobs {
+        j.lease_expires_at = lease_at;
+    }
+    Ok(ClaimResult { jobs, next_run_at: next })
 }
 
-/// How many jobs `queue` may hand out now, at most `want` (`None` if none),
-/// and for a rate-limited queue its current window `(start, claims so far)`.
+/// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
+/// `?6` for `group`), under one token and lease.
+#[allow(clippy::too_many_arguments)]
+fn take(
+    tx: &Tx<'_>,
+    queue: &QueueName,
+    filter: &str,
+    group: Option<&str>,
+    n: usize,
+    token: &str,
+    worker: &str,
+    lease: &str,
+) -> Result<Vec<Row>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    // The limit is part of the SQL text, not a parameter: SQLite recompiles
+    // a statement whenever a bound LIMIT changes (measured: one re-prepare
+    // per claim), while one cached statement per distinct limit costs
+    // nothing after its first use.
+    let sql = format!(
+        "UPDATE kyu_jobs SET state = 'running', attempt = attempt + 1, token = ?2, worker = ?3, \
+           started_at = ?4, lease_expires_at = ?5 \
+         WHERE seq IN (SELECT seq FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' {filter} \
+                       ORDER BY priority DESC, run_at, seq LIMIT {n}) \
+         RETURNING seq, id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, \
+           priority, run_at"
+    );
+    let mut stmt = tx.conn.prepare_cached(&sql).db()?;
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+        let claimed = ClaimedJob {
+            id: JobId::new(r.get::<_, String>(1)?).map_err(rusqlite::Error::InvalidColumnName)?,
+            queue: queue.clone(),
+            kind: r.get(2)?,
+            payload: r.get::<_, Json<Value>>(3)?.0,
+            checkpoint: r.get::<_, Option<Json<Value>>>(4)?.map(|j| j.0),
+            attempt: r.get(5)?,
+            max_attempts: r.get(6)?,
+            timeout_ms: r.get(7)?,
+            token: token.to_owned(),
+            lease_expires_at: tx.now,
+            dependency_results: BTreeMap::new(),
+        };
+        let deps: Option<Json<Vec<String>>> = r.get(8)?;
+        let order = (-(r.get::<_, i64>(9)?), r.get::<_, Ts>(10)?.0, r.get::<_, i64>(0)?);
+        Ok((order, claimed, deps.map(|d| d.0)))
+    };
+    let rows = match group {
+        Some(g) => stmt.query_map(params![queue.as_str(), token, worker, tx.now_str, lease, g], map),
+        None => stmt.query_map(params![queue.as_str(), token, worker, tx.now_str, lease], map),
+    }
+    .db()?;
+    rows.collect::<Result<_, _>>().db()
+}
+
+/// The groups with queued jobs on `queue`, ascending: a loose index scan,
+/// one index seek per group, so a million jobs in one group cost no more
+/// than ten. At most 1,000 groups per claim.
+fn group_heads(tx: &Tx<'_>, queue: &QueueName) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx
+        .conn
+        .prepare_cached(
+            "WITH RECURSIVE g(k) AS ( \
+               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' AND group_key IS NOT NULL) \
+               UNION ALL \
+               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' AND group_key > g.k) \
+               FROM g WHERE g.k IS NOT NULL LIMIT 1000) \
+             SELECT k FROM g WHERE k IS NOT NULL",
+        )
+        .db()?;
+    let rows = stmt.query_map([queue.as_str()], |r| r.get(0)).db()?;
+    rows.collect::<Result<_, _>>().db()
+}
+
+fn running_per_group(tx: &Tx<'_>, queue: &QueueName) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let mut stmt = tx
+        .conn
+        .prepare_cached(
+            "SELECT group_key, count(*) FROM kyu_jobs WHERE queue = ?1 AND state = 'running' AND group_key IS NOT NULL \
+             GROUP BY group_key",
+        )
+        .db()?;
+    let rows = stmt.query_map([queue.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
+    rows.collect::<Result<_, _>>().db()
+}
+
+/// How many jobs `queue` may hand out now, at most `want` (`None` if none).
 /// Limits are read inside the claim's transaction, so they hold across every
 /// process sharing the file. The rate limit is a fixed window.
-fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usize, Option<RateWindow>)>, StoreError> {
+fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<Allowance>, StoreError> {
     let limits = tx
         .conn
         .prepare_cached(
-            "SELECT paused, concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count \
-             FROM kyu_queues WHERE name = ?1",
+            "SELECT paused, concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count, \
+               group_concurrency, group_cursor FROM kyu_queues WHERE name = ?1",
         )
         .db()?
         .query_row([queue.as_str()], |r| {
@@ -122,6 +208,8 @@ fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usiz
                 rate,
                 window_start: r.get::<_, Option<Ts>>(4)?.map(|t| t.0),
                 window_count: r.get(5)?,
+                group_concurrency: r.get(6)?,
+                group_cursor: r.get(7)?,
             })
         })
         .optional()
@@ -149,7 +237,8 @@ fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<(usiz
         allowed = allowed.min(max - current.1);
         window = Some(current);
     }
-    Ok((allowed > 0).then_some((allowed as usize, window)))
+    let groups = l.group_concurrency.map(|cap| (cap, l.group_cursor));
+    Ok((allowed > 0).then_some(Allowance { n: allowed as usize, window, groups }))
 }
 
 /// A rate-limited queue's current window: when it opened, claims so far.

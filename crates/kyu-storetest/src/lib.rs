@@ -65,6 +65,7 @@ macro_rules! conformance {
             queue::concurrency_limit,
             queue::rate_limit,
             queue::counts,
+            queue::group_concurrency_is_fair,
             deps::waits_for_dependencies,
             deps::results_flow_to_dependents,
             deps::failure_propagates_transitively,

@@ -72,3 +72,60 @@ pub async fn counts<S: Store>(s: S) {
     assert_eq!(c.counts["failed"], 0);
     assert_eq!(c.counts.len(), JobState::ALL.len());
 }
+
+pub async fn group_concurrency_is_fair<S: Store>(s: S) {
+    let grouped = |queue: &str, group: Option<&str>| {
+        let mut sp = spec(queue, "k");
+        sp.group = group.map(String::from);
+        sp
+    };
+    for _ in 0..50 {
+        enqueue(&s, grouped("fair", Some("big"))).await;
+    }
+    for _ in 0..3 {
+        enqueue(&s, grouped("fair", Some("small"))).await;
+    }
+    for _ in 0..2 {
+        enqueue(&s, grouped("fair", None)).await;
+    }
+    let info = s.queue_update(QueueUpdateParams { group_concurrency: Some(Some(2)), ..update("fair") }).await.unwrap();
+    assert_eq!(info.group_concurrency, Some(2));
+    let group_of = |s: &S, id: &kyu_core::JobId| {
+        let (s, id) = (s.clone(), id.clone());
+        async move { s.job_get(&id).await.unwrap().unwrap().group }
+    };
+    let first = claim(&s, "fair", 10).await;
+    let mut per: std::collections::HashMap<Option<String>, usize> = Default::default();
+    for j in &first {
+        *per.entry(group_of(&s, &j.id).await).or_default() += 1;
+    }
+    assert_eq!(per.get(&Some("big".into())), Some(&2), "at most 2 running per group: {per:?}");
+    assert_eq!(per.get(&Some("small".into())), Some(&2), "the small tenant is not starved: {per:?}");
+    assert_eq!(per.get(&None), Some(&2), "jobs without a group fill what is left: {per:?}");
+    assert!(claim(&s, "fair", 10).await.is_empty(), "every group is at its cap");
+    let mut done_big = None;
+    for j in &first {
+        if group_of(&s, &j.id).await.as_deref() == Some("big") {
+            done_big = Some(j.clone());
+            break;
+        }
+    }
+    complete(&s, &done_big.unwrap(), json!(null)).await.unwrap();
+    let next = claim(&s, "fair", 10).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(group_of(&s, &next[0].id).await.as_deref(), Some("big"));
+
+    // Round-robin: a tenant with many older jobs does not go first every time.
+    for _ in 0..20 {
+        enqueue(&s, grouped("fair2", Some("aaa"))).await;
+    }
+    enqueue(&s, grouped("fair2", Some("zzz"))).await;
+    s.queue_update(QueueUpdateParams { group_concurrency: Some(Some(100)), ..update("fair2") }).await.unwrap();
+    let two = claim(&s, "fair2", 2).await;
+    let mut groups = Vec::new();
+    for j in &two {
+        groups.push(group_of(&s, &j.id).await.unwrap());
+    }
+    groups.sort();
+    assert_eq!(groups, ["aaa", "zzz"], "one from each group");
+}
