@@ -21,7 +21,8 @@ pub(crate) async fn must_get<S: Store>(app: &AppState<S>, id: &JobId) -> ApiResu
     app.store.job_get(id).await?.ok_or_else(|| ApiError::not_found(format!("job `{id}`")))
 }
 
-fn validate<S: Store>(app: &AppState<S>, spec: JobSpec, label: Option<usize>) -> ApiResult<NewJob> {
+/// Validates a spec; `label` is its index in a request's `jobs` array.
+pub(crate) fn validate<S: Store>(app: &AppState<S>, spec: JobSpec, label: Option<usize>) -> ApiResult<NewJob> {
     spec.validate(app.store.clock().now(), &app.config.limits).map_err(|mut e| {
         if let Some(i) = label {
             e.field = format!("jobs[{i}].{}", e.field);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error::{ApiError, ApiResult, Json, Path};
-use crate::jobs::{job_id, must_get};
+use crate::jobs::{job_id, must_get, validate};
 use crate::{AppState, MAX_WAIT_MS};
 
 /// Longest lease a worker may ask for (an hour), and the shortest (100 ms).
@@ -247,18 +247,7 @@ pub(crate) async fn children<S: Store>(
     if r.jobs.is_empty() || r.jobs.len() > app.config.max_batch {
         return Err(ApiError::invalid("jobs", format!("give 1 to {} jobs", app.config.max_batch)));
     }
-    let now = app.store.clock().now();
-    let jobs = r
-        .jobs
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.validate(now, &app.config.limits).map_err(|mut e| {
-                e.field = format!("jobs[{i}].{}", e.field);
-                ApiError::from(e)
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    let jobs = r.jobs.into_iter().enumerate().map(|(i, s)| validate(&app, s, Some(i))).collect::<ApiResult<Vec<_>>>()?;
     let added = app.store.job_add_children(JobAddChildrenParams { id: job_id(id)?, token: r.token, jobs, wait: r.wait }).await?;
     Ok(axum::Json(added))
 }
