@@ -64,7 +64,10 @@ async fn process_order(order: Order, ctx: JobContext) -> Result<Value, JobError>
                             s
                         })
                         .collect();
-                    return ctx.wait_for_children(children).await;
+                    // Released until the children finish; the next run
+                    // finds their results here and moves on.
+                    ctx.wait_for_children(children).await?;
+                    continue;
                 }
                 p.step = Step::Finish;
                 ctx.save_checkpoint(&p).await?;

@@ -177,6 +177,9 @@ pub struct EnqueueArgs {
     /// How long to keep the job once completed.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub keep_result: Option<Duration>,
+    /// How long to keep the job once failed or cancelled.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_failed: Option<Duration>,
     /// Retry backoff: `exponential:BASE:MAX` or `fixed:DELAY` (durations).
     #[arg(long, value_name = "SPEC")]
     pub backoff: Option<String>,

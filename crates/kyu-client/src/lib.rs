@@ -144,6 +144,7 @@ fn spec_of(job: NewJob) -> Result<JobSpec, StoreError> {
         depends_on: job.depends_on.into_iter().map(|d| d.to_string()).collect(),
         continue_on_failure: job.continue_on_failure,
         keep_result_ms: job.keep_result_ms,
+        keep_failed_ms: job.keep_failed_ms,
         tags: job.tags,
         group: job.group,
     })
@@ -330,6 +331,9 @@ impl Store for HttpStore {
         }
         if let Some(v) = p.group_concurrency {
             body.insert("group_concurrency".into(), json!(v));
+        }
+        if let Some(v) = p.timeout_ms {
+            body.insert("timeout_ms".into(), json!(v));
         }
         self.call(Method::PATCH, &format!("/v1/queues/{}", p.name), Some(&Value::Object(body))).await
     }

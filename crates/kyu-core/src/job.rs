@@ -174,6 +174,9 @@ pub struct Job {
     pub result: Option<Value>,
     /// How long a completed job is kept; null means the server's default.
     pub keep_result_ms: Option<i64>,
+    /// How long a failed or cancelled job is kept; null means the server's default.
+    #[serde(default)]
+    pub keep_failed_ms: Option<i64>,
     /// One entry per failed attempt.
     pub errors: Vec<ErrorEntry>,
     /// Last progress the handler reported.
@@ -252,6 +255,9 @@ pub struct QueueInfo {
     pub rate_limit: Option<RateLimit>,
     /// Most jobs running at once per `group` value.
     pub group_concurrency: Option<i32>,
+    /// Default per-attempt time limit of its jobs (a job's own `timeout_ms` wins).
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
     /// Jobs per state; every state is present.
     pub counts: BTreeMap<String, i64>,
 }

@@ -2,7 +2,8 @@
 //!
 //! Everything a storage backend, the worker runtime and the HTTP server must
 //! agree on lives here: job states and the rules for leaving them
-//! ([`state`], [`transition`]), what a job looks like on the wire ([`job`]),
+//! ([`state`], [`transition`], [`dependency`], [`claim`]), what a job looks
+//! like on the wire ([`job`]), the bounds every input respects ([`validate`]),
 //! how an enqueue request is validated ([`spec`]), how long to wait before a
 //! retry ([`Backoff`]) and what time it is ([`Clock`]).
 //!
@@ -14,7 +15,8 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod fairness;
+pub mod claim;
+pub mod dependency;
 pub mod flow;
 pub mod job;
 pub mod retry;
@@ -23,6 +25,7 @@ pub mod spec;
 pub mod state;
 pub mod time;
 pub mod transition;
+pub mod validate;
 
 pub use flow::Flow;
 pub use job::{new_token, ClaimedJob, ErrorEntry, Job, JobId, QueueInfo, QueueName, RateLimit};

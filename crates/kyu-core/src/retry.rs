@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{ValidationError, validate};
+
 /// How long to wait before the next attempt after a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -41,14 +43,18 @@ impl Backoff {
         }
     }
 
-    /// Checks the numbers are sensible; the message names the bad field.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the numbers are in range; the error names the bad field.
+    pub fn check(&self) -> Result<(), ValidationError> {
         match *self {
-            Backoff::Fixed { delay_ms } if delay_ms < 0 => Err("backoff.delay_ms must be >= 0".into()),
-            Backoff::Exponential { base_ms, max_ms } if base_ms < 0 || max_ms < base_ms => {
-                Err("backoff needs 0 <= base_ms <= max_ms".into())
+            Backoff::Fixed { delay_ms } => validate::duration("backoff.delay_ms", delay_ms).map(|_| ()),
+            Backoff::Exponential { base_ms, max_ms } => {
+                validate::duration("backoff.base_ms", base_ms)?;
+                validate::duration("backoff.max_ms", max_ms)?;
+                if max_ms < base_ms {
+                    return Err(ValidationError::new("backoff.max_ms", "must be >= base_ms"));
+                }
+                Ok(())
             }
-            _ => Ok(()),
         }
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::job::{MAX_NAME_LEN, is_name, truncate};
-use crate::{Backoff, JobId, Millis, QueueName};
+use crate::{Backoff, JobId, Millis, QueueName, validate};
 
 /// Default attempts per job.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
@@ -76,6 +76,9 @@ pub struct JobSpec {
     /// How long to keep the job once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_result_ms: Option<i64>,
+    /// How long to keep the job once failed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_failed_ms: Option<i64>,
     /// Free labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -116,6 +119,8 @@ pub struct NewJob {
     pub continue_on_failure: bool,
     /// Retention of a completed job.
     pub keep_result_ms: Option<i64>,
+    /// Retention of a failed or cancelled job.
+    pub keep_failed_ms: Option<i64>,
     /// Labels.
     pub tags: Vec<String>,
     /// Fairness key.
@@ -156,13 +161,6 @@ fn check_label(field: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn check_non_negative(field: &str, v: Option<i64>) -> Result<(), ValidationError> {
-    match v {
-        Some(n) if n < 0 => Err(ValidationError::new(field, "must be >= 0")),
-        _ => Ok(()),
-    }
-}
-
 impl JobSpec {
     /// A spec for `kind` on `queue` with `payload`; the other fields default.
     pub fn new(queue: &str, kind: &str, payload: Value) -> JobSpec {
@@ -185,6 +183,7 @@ impl JobSpec {
                 format!("`{}` must match [A-Za-z0-9_.:-]{{1,{MAX_NAME_LEN}}}", truncate(&self.kind)),
             ));
         }
+        validate::no_nul("payload", &self.payload)?;
         let payload = serde_json::to_string(&self.payload).map_err(|e| ValidationError::new("payload", e.to_string()))?;
         if payload.len() > limits.max_payload_bytes {
             return Err(ValidationError::too_large(
@@ -194,9 +193,10 @@ impl JobSpec {
         }
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => return Err(ValidationError::new("run_at", "give run_at or delay_ms, not both")),
-            (Some(at), None) => Millis::parse(&at).map_err(|m| ValidationError::new("run_at", m))?,
-            (None, Some(d)) if d < 0 => return Err(ValidationError::new("delay_ms", "must be >= 0")),
-            (None, Some(d)) => now.plus_ms(d),
+            (Some(at), None) => {
+                validate::timestamp("run_at", Millis::parse(&at).map_err(|m| ValidationError::new("run_at", m))?)?
+            }
+            (None, Some(d)) => now.plus_ms(validate::duration("delay_ms", d)?),
             (None, None) => now,
         };
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
@@ -204,13 +204,13 @@ impl JobSpec {
             return Err(ValidationError::new("max_attempts", "must be between 1 and 10000"));
         }
         let backoff = self.backoff.unwrap_or_default();
-        backoff.check().map_err(|m| ValidationError::new("backoff", m))?;
-        match self.timeout_ms {
-            Some(t) if t <= 0 => return Err(ValidationError::new("timeout_ms", "must be > 0")),
-            _ => {}
+        backoff.check()?;
+        if let Some(t) = self.timeout_ms {
+            validate::positive_duration("timeout_ms", t)?;
         }
-        check_non_negative("unique_for_ms", self.unique_for_ms)?;
-        check_non_negative("keep_result_ms", self.keep_result_ms)?;
+        validate::opt_duration("unique_for_ms", self.unique_for_ms)?;
+        validate::opt_duration("keep_result_ms", self.keep_result_ms)?;
+        validate::opt_duration("keep_failed_ms", self.keep_failed_ms)?;
         if self.unique_for_ms.is_some() && self.unique_key.is_none() {
             return Err(ValidationError::new("unique_for_ms", "needs a unique_key"));
         }
@@ -254,6 +254,7 @@ impl JobSpec {
             depends_on,
             continue_on_failure: self.continue_on_failure,
             keep_result_ms: self.keep_result_ms,
+            keep_failed_ms: self.keep_failed_ms,
             tags: self.tags,
             group: self.group,
         })
@@ -290,7 +291,14 @@ mod tests {
             (json!({"kind": "k", "timeout_ms": 0}), "timeout_ms"),
             (json!({"kind": "k", "id": "x", "depends_on": ["x"]}), "depends_on[0]"),
             (json!({"kind": "k", "unique_for_ms": 5}), "unique_for_ms"),
-            (json!({"kind": "k", "backoff": {"kind": "fixed", "delay_ms": -5}}), "backoff"),
+            (json!({"kind": "k", "backoff": {"kind": "fixed", "delay_ms": -5}}), "backoff.delay_ms"),
+            (json!({"kind": "k", "delay_ms": i64::MAX}), "delay_ms"),
+            (json!({"kind": "k", "run_at": "1969-12-31T23:59:59Z"}), "run_at"),
+            (json!({"kind": "k", "timeout_ms": i64::MAX}), "timeout_ms"),
+            (json!({"kind": "k", "keep_result_ms": i64::MAX}), "keep_result_ms"),
+            (json!({"kind": "k", "unique_key": "u", "unique_for_ms": -1}), "unique_for_ms"),
+            (json!({"kind": "k", "backoff": {"kind": "exponential", "base_ms": 1, "max_ms": i64::MAX}}), "backoff.max_ms"),
+            (json!({"kind": "k", "payload": {"a": "\u{0}"}}), "payload.a"),
         ];
         for (input, field) in cases {
             assert_eq!(spec(input.clone()).unwrap_err().field, field, "{input}");

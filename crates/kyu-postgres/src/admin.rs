@@ -6,22 +6,22 @@ use crate::conn::Conn;
 use tokio_postgres::types::ToSql;
 
 use crate::error::PgResultExt;
-use crate::finish::fail_dependents;
+use crate::finish::{Finished, finish_many, settle_dependents};
 use crate::read::{job_must, queue_list, state_of, ts};
 use crate::tx::Tx;
 
-async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(i64, JobState), StoreError> {
+async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(i64, JobState, Option<i64>), StoreError> {
     let row = tx
         .c
-        .query_opt("SELECT seq, state FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&id.as_str()])
+        .query_opt("SELECT seq, state, keep_failed_ms FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&id.as_str()])
         .await
         .db()?
         .ok_or_else(|| StoreError::job_not_found(id))?;
-    Ok((row.try_get(0).db()?, state_of(row.try_get(1).db()?)?))
+    Ok((row.try_get(0).db()?, state_of(row.try_get(1).db()?)?, row.try_get(2).db()?))
 }
 
 pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state) = lock_job(tx, id).await?;
+    let (seq, state, keep_failed_ms) = lock_job(tx, id).await?;
     match state {
         s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
         // Stored, not only signalled: the worker learns it at its next heartbeat.
@@ -29,16 +29,9 @@ pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, S
             tx.c.execute("UPDATE kyu_jobs SET cancel_requested = true WHERE seq = $1", &[&seq]).await.db()?;
         }
         _ => {
-            let expiry = tx.failed_expiry();
-            tx.c.execute(
-                "UPDATE kyu_jobs SET state = 'cancelled', cancel_requested = true, finished_at = $2, expires_at = $3 \
-                 WHERE seq = $1",
-                &[&seq, &tx.now_ts, &expiry],
-            )
-            .await
-            .db()?;
-            tx.event(StoreEvent::JobFinished(id.clone()));
-            fail_dependents(tx, seq, id).await?;
+            tx.c.execute("UPDATE kyu_jobs SET cancel_requested = true WHERE seq = $1", &[&seq]).await.db()?;
+            finish_many(tx, vec![(seq, id.clone(), JobState::Cancelled, None, keep_failed_ms)]).await?;
+            settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }]).await?;
         }
     }
     job_must(tx.c, id).await
@@ -49,7 +42,7 @@ const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = $1, finished_at
      cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0";
 
 pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state) = lock_job(tx, id).await?;
+    let (seq, state, _) = lock_job(tx, id).await?;
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
@@ -100,13 +93,14 @@ pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -
 }
 
 pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {
-    let (seq, state) = lock_job(tx, id).await?;
+    let (seq, state, _) = lock_job(tx, id).await?;
     if state == JobState::Running {
         return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
     }
     if !state.is_terminal() {
-        // Its dependents would otherwise wait forever.
-        fail_dependents(tx, seq, id).await?;
+        // Its dependents would otherwise wait forever: to them it is as if
+        // it had been cancelled.
+        settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }]).await?;
     }
     remove(tx, &[seq]).await
 }
@@ -157,6 +151,9 @@ pub(crate) async fn queue_update<C: Conn>(tx: &Tx<'_, C>, p: QueueUpdateParams) 
     }
     if let Some(g) = p.group_concurrency {
         tx.c.execute("UPDATE kyu_queues SET group_concurrency = $2 WHERE name = $1", &[&name, &g]).await.db()?;
+    }
+    if let Some(t) = p.timeout_ms {
+        tx.c.execute("UPDATE kyu_queues SET timeout_ms = $2 WHERE name = $1", &[&name, &t]).await.db()?;
     }
     if let Some(r) = p.rate_limit {
         tx.c.execute(

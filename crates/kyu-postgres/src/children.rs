@@ -1,14 +1,17 @@
-//! Children added by a running job (BullMQ's `moveToWaitingChildren`).
+//! Children added by a running job (BullMQ's `moveToWaitingChildren`); what
+//! that does to the parent is kyu-core's [`plan_children`].
 
-use kyu_core::transition::{AfterFailure, Dependency, dependency};
+use std::collections::HashMap;
+
+use kyu_core::dependency::{ChildrenPlan, broken_message, plan_children};
 use kyu_core::{JobId, JobState};
-use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError, StoreEvent};
+use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError};
 use serde_json::Value;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::finish::{end_attempt, held};
-use crate::insert::insert_many;
+use crate::finish::{Finished, finish_many, held, settle_dependents};
+use crate::insert::{insert_many, link_dependencies};
 use crate::read::state_of;
 use crate::tx::Tx;
 
@@ -16,65 +19,60 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
     // `held` locks the parent's row until commit.
     let parent = held(tx, &p.id, &p.token).await?;
     let children = insert_many(tx, p.jobs).await?;
-    if !p.wait {
-        return Ok(AddedChildren { children, waiting: false });
-    }
-    if parent.cancel_requested {
-        end_attempt(tx, &parent, AfterFailure::Final(JobState::Cancelled), None).await?;
-        return Ok(AddedChildren { children, waiting: false });
-    }
     let row = tx.c.query_one("SELECT depends_on, continue_on_failure FROM kyu_jobs WHERE seq = $1", &[&parent.seq]).await.db()?;
-    let mut ids: Vec<String> = match row.try_get::<_, Option<Value>>(0).db()? {
-        Some(v) => serde_json::from_value(v).map_err(|e| StoreError::Backend(e.into()))?,
-        None => Vec::new(),
-    };
+    let depends_on: Option<Value> = row.try_get(0).db()?;
     let continue_on_failure: bool = row.try_get(1).db()?;
-    let mut pending: Vec<i64> = Vec::new();
-    let mut failed: Option<JobId> = None;
+    // FOR SHARE: a child cannot finish between this read and our commit.
+    let ids: Vec<&str> = children.iter().map(|c| c.id.as_str()).collect();
+    let rows = tx.c.query("SELECT id, seq, state FROM kyu_jobs WHERE id = ANY($1) FOR SHARE", &[&ids]).await.db()?;
+    let mut found: HashMap<String, (i64, JobState)> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        found.insert(r.try_get(0).db()?, (r.try_get(1).db()?, state_of(r.try_get(2).db()?)?));
+    }
+    let mut seqs = Vec::with_capacity(children.len());
+    let mut states: Vec<(&JobId, JobState)> = Vec::with_capacity(children.len());
     for c in &children {
-        if !ids.iter().any(|i| i == c.id.as_str()) {
-            ids.push(c.id.to_string());
+        let &(seq, state) = found.get(c.id.as_str()).ok_or_else(|| StoreError::job_not_found(&c.id))?;
+        seqs.push(seq);
+        states.push((&c.id, state));
+    }
+    let plan = plan_children(p.wait, parent.attempt.cancel_requested, continue_on_failure, &states);
+    let waiting = match plan {
+        ChildrenPlan::KeepRunning => false,
+        ChildrenPlan::Cancel | ChildrenPlan::Fail(_) => {
+            let (state, error) = match &plan {
+                ChildrenPlan::Fail(child) => (JobState::Failed, Some(broken_message(child))),
+                _ => (JobState::Cancelled, None),
+            };
+            finish_many(tx, vec![(parent.seq, parent.id.clone(), state, error, parent.keep_failed_ms)]).await?;
+            if parent.has_dependents {
+                settle_dependents(tx, vec![Finished { seq: parent.seq, id: parent.id.clone(), state }]).await?;
+            }
+            false
         }
-        // FOR SHARE: a child cannot finish between this read and our commit.
-        let r = tx
-            .c
-            .query_one("SELECT seq, state FROM kyu_jobs WHERE id = $1 FOR SHARE", &[&c.id.as_str()])
+        ChildrenPlan::Wait(pending) => {
+            let pending: Vec<i64> = pending.into_iter().map(|i| seqs[i]).collect();
+            link_dependencies(tx, parent.seq, &pending).await?;
+            // The children join the parent's dependencies, so its next run
+            // sees their results.
+            let mut ids: Vec<String> = match depends_on {
+                Some(v) => serde_json::from_value(v).map_err(|e| StoreError::Backend(e.into()))?,
+                None => Vec::new(),
+            };
+            for c in &children {
+                if !ids.iter().any(|i| i == c.id.as_str()) {
+                    ids.push(c.id.to_string());
+                }
+            }
+            tx.c.execute(
+                "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + $2, depends_on = $3::text::jsonb, \
+                 attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL WHERE seq = $1",
+                &[&parent.seq, &(pending.len() as i32), &serde_json::to_string(&ids).expect("ids")],
+            )
             .await
             .db()?;
-        let (seq, state): (i64, JobState) = (r.try_get(0).db()?, state_of(r.try_get(1).db()?)?);
-        match dependency(state, continue_on_failure) {
-            Dependency::Satisfied => {}
-            Dependency::Broken => failed = failed.or(Some(c.id.clone())),
-            Dependency::Pending => pending.push(seq),
+            true
         }
-    }
-    if let Some(dep) = failed {
-        let msg = format!("dependency `{dep}` did not complete");
-        end_attempt(tx, &parent, AfterFailure::Final(JobState::Failed), Some(&msg)).await?;
-        return Ok(AddedChildren { children, waiting: false });
-    }
-    if !pending.is_empty() {
-        tx.c.execute(
-            "INSERT INTO kyu_job_deps (dep_seq, job_seq) SELECT unnest($1::int8[]), $2 ON CONFLICT DO NOTHING",
-            &[&pending, &parent.seq],
-        )
-        .await
-        .db()?;
-        tx.c.execute("UPDATE kyu_jobs SET has_dependents = true WHERE seq = ANY($1) AND NOT has_dependents", &[&pending])
-            .await
-            .db()?;
-    }
-    let waiting = !pending.is_empty();
-    let state = if waiting { JobState::Waiting } else { JobState::Queued };
-    tx.c.execute(
-        "UPDATE kyu_jobs SET state = $2, pending_deps = pending_deps + $3, depends_on = $4::text::jsonb, \
-         attempt = attempt - 1, token = NULL, lease_expires_at = NULL WHERE seq = $1",
-        &[&parent.seq, &state.as_str(), &(pending.len() as i32), &serde_json::to_string(&ids).expect("ids")],
-    )
-    .await
-    .db()?;
-    if !waiting {
-        tx.event(StoreEvent::JobsAvailable(kyu_core::QueueName::new(parent.queue.clone()).unwrap_or_default()));
-    }
+    };
     Ok(AddedChildren { children, waiting })
 }

@@ -1,10 +1,12 @@
 //! The claim: `FOR UPDATE SKIP LOCKED`, so claimers on any number of nodes
 //! take disjoint jobs without waiting for each other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use kyu_core::{ClaimedJob, JobState, Millis, QueueName, new_token};
+use kyu_core::claim::{ClaimPlan, QueueLimits, RateWindow, plan_claim};
+use kyu_core::transition::deadline;
+use kyu_core::{ClaimedJob, JobState, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, Report, StoreError};
 use serde_json::{Value, json};
 use crate::conn::Conn;
@@ -38,8 +40,8 @@ pub(crate) async fn report_and_claim<C: Conn>(
     };
     let limits = async {
         tx.c.query(
-            "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL OR group_concurrency IS NOT NULL \
-             FROM kyu_queues WHERE name = ANY($1)",
+            "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL OR group_concurrency IS NOT NULL, \
+               timeout_ms FROM kyu_queues WHERE name = ANY($1)",
             &[&names],
         )
         .await
@@ -49,31 +51,30 @@ pub(crate) async fn report_and_claim<C: Conn>(
     if p.max == 0 || names.is_empty() {
         return Ok((reported, ClaimResult::default()));
     }
-    let mut known: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    let mut known: BTreeMap<String, (bool, bool, Option<i64>)> = BTreeMap::new();
     for r in limits {
-        known.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?));
+        known.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(3).db()?));
     }
     let token = new_token();
     let lease = tx.now.plus_ms(p.lease_ms);
-    let mut jobs: Vec<ClaimedJob> = Vec::new();
+    let mut jobs: Vec<(ClaimedJob, Option<Value>)> = Vec::new();
     // Queues are served in the order given, as Celery and arq do.
     for name in &names {
         if jobs.len() >= p.max {
             break;
         }
-        let Some(&(paused, limited)) = known.get(name) else { continue };
+        let Some(&(paused, limited, queue_timeout)) = known.get(name) else { continue };
         if paused {
             continue;
         }
         let mut want = (p.max - jobs.len()) as i64;
-        let mut window = None;
-        let mut groups = None;
+        let mut plan = None;
         if limited {
-            let Some(a) = allowance(tx, name, want).await? else { continue };
-            want = a.n;
-            window = a.window;
-            groups = a.groups;
+            let Some(a) = allowance(tx, name, want as usize).await? else { continue };
+            want = a.n as i64;
+            plan = Some(a);
         }
+        let groups = plan.as_ref().and_then(|a| a.groups.clone());
         let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
         let mut batch = Vec::new();
         match &groups {
@@ -81,7 +82,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
             Some((cap, cursor)) => {
                 let heads = group_heads(tx, name).await?;
                 let running = running_per_group(tx, name).await?;
-                let quotas = kyu_core::fairness::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
+                let quotas = kyu_core::claim::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
                 let mut last = None;
                 for (group, n) in &quotas {
                     let got = take(tx, &queue, "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
@@ -105,77 +106,122 @@ pub(crate) async fn report_and_claim<C: Conn>(
         if groups.is_none() {
             batch.sort_by_key(|a| a.0);
         }
-        if let Some((start, used)) = window
-            && !batch.is_empty()
-        {
+        if let Some(w) = plan.as_ref().and_then(|a| a.window_after(batch.len())) {
             tx.c.execute(
                 "UPDATE kyu_queues SET rate_window_start = $2, rate_window_count = $3 WHERE name = $1",
-                &[name, &ts(start), &(used + batch.len() as i64)],
+                &[name, &ts(w.start), &w.used],
             )
             .await
             .db()?;
         }
         for (_, mut job, deps) in batch {
-            if let Some(deps) = deps {
-                let ids: Vec<String> = serde_json::from_value(deps).map_err(|e| StoreError::Backend(e.into()))?;
-                job.dependency_results = dependency_results(tx, &ids).await?;
-            }
-            jobs.push(job);
+            // The queue's default time limit applies to jobs without their own.
+            job.timeout_ms = job.timeout_ms.or(queue_timeout);
+            jobs.push((job, deps));
         }
     }
+    deadlines(tx, &jobs).await?;
+    let jobs = with_dependency_results(tx, jobs).await?;
     let next = if jobs.len() < p.max { next_run_at(tx, &names).await? } else { None };
     Ok((reported, ClaimResult { jobs, next_run_at: next }))
 }
 
-/// For a queue with a concurrency or rate limit: how many it may hand out
-/// now. The queue row is locked until commit, so concurrent claimers on any
-/// node take turns and the limits hold across all of them; queues without
-/// limits never take this lock.
-/// What a limited queue may hand out now.
-struct Allowance {
-    n: i64,
-    window: Option<(Millis, i64)>,
-    /// With `group_concurrency`: the cap per group and the round-robin cursor.
-    groups: Option<(i64, Option<String>)>,
+/// The store takes a job with a time limit back at its deadline, whatever
+/// its heartbeats: set it for the claimed jobs that have one.
+async fn deadlines<C: Conn>(tx: &Tx<'_, C>, jobs: &[(ClaimedJob, Option<Value>)]) -> Result<(), StoreError> {
+    let (mut ids, mut at) = (Vec::new(), Vec::new());
+    for (job, _) in jobs {
+        if let Some(d) = deadline(tx.now, job.timeout_ms, tx.settings.timeout_grace_ms) {
+            ids.push(job.id.as_str());
+            at.push(ts(d));
+        }
+    }
+    if !ids.is_empty() {
+        tx.c.execute(
+            "UPDATE kyu_jobs j SET deadline_at = x.at FROM unnest($1::text[], $2::timestamptz[]) AS x(id, at) WHERE j.id = x.id",
+            &[&ids, &at],
+        )
+        .await
+        .db()?;
+    }
+    Ok(())
 }
 
-async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: i64) -> Result<Option<Allowance>, StoreError> {
+/// Fills in what each claimed job's dependencies left: one query for the
+/// whole claim, whatever the number of jobs and dependencies.
+async fn with_dependency_results<C: Conn>(
+    tx: &Tx<'_, C>,
+    jobs: Vec<(ClaimedJob, Option<Value>)>,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let mut wanted: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, (_, deps)) in jobs.iter().enumerate() {
+        if let Some(deps) = deps {
+            let ids: Vec<String> = serde_json::from_value(deps.clone()).map_err(|e| StoreError::Backend(e.into()))?;
+            wanted.push((i, ids));
+        }
+    }
+    let mut jobs: Vec<ClaimedJob> = jobs.into_iter().map(|(j, _)| j).collect();
+    if wanted.is_empty() {
+        return Ok(jobs);
+    }
+    let all: Vec<&str> = wanted.iter().flat_map(|(_, ids)| ids.iter().map(String::as_str)).collect();
+    let rows = tx
+        .c
+        .query("SELECT id, state, result, errors -> -1 ->> 'message' FROM kyu_jobs WHERE id = ANY($1)", &[&all])
+        .await
+        .db()?;
+    let mut left: HashMap<String, Value> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let state = state_of(r.try_get(1).db()?)?;
+        let v = match state {
+            JobState::Completed => r.try_get::<_, Option<Value>>(2).db()?.unwrap_or(Value::Null),
+            _ => json!({"state": state, "error": r.try_get::<_, Option<String>>(3).db()?}),
+        };
+        left.insert(r.try_get(0).db()?, v);
+    }
+    for (i, ids) in wanted {
+        jobs[i].dependency_results = ids.into_iter().filter_map(|id| left.get(&id).cloned().map(|v| (id, v))).collect();
+    }
+    Ok(jobs)
+}
+
+/// For a queue with limits: what it may hand out now ([`plan_claim`]). The
+/// queue row is locked until commit, so concurrent claimers on any node take
+/// turns and the limits hold across all of them; queues without limits
+/// never take this lock.
+async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<Option<ClaimPlan>, StoreError> {
     let r = tx
         .c
         .query_one(
-            "SELECT concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count, group_concurrency, \
+            "SELECT paused, concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count, group_concurrency, \
                group_cursor FROM kyu_queues WHERE name = $1 FOR UPDATE",
             &[&name],
         )
         .await
         .db()?;
-    let mut allowed = want;
-    if let Some(max_running) = r.try_get::<_, Option<i32>>(0).db()? {
-        let running: i64 = tx
+    let rate = match (r.try_get::<_, Option<i64>>(2).db()?, r.try_get::<_, Option<i64>>(3).db()?) {
+        (Some(max), Some(per_ms)) => Some(RateLimit { max, per_ms }),
+        _ => None,
+    };
+    let used: i64 = r.try_get(5).db()?;
+    let limits = QueueLimits {
+        paused: r.try_get(0).db()?,
+        concurrency: r.try_get::<_, Option<i32>>(1).db()?.map(i64::from),
+        rate,
+        window: r.try_get::<_, Option<SystemTime>>(4).db()?.map(|t| RateWindow { start: millis(t), used }),
+        group_concurrency: r.try_get::<_, Option<i32>>(6).db()?.map(i64::from),
+        group_cursor: r.try_get(7).db()?,
+    };
+    let running: i64 = match limits.concurrency {
+        Some(_) => tx
             .c
             .query_one("SELECT count(*) FROM kyu_jobs WHERE queue = $1 AND state = 'running'", &[&name])
             .await
             .db()?
-            .get(0);
-        allowed = allowed.min(i64::from(max_running) - running);
-    }
-    let mut window = None;
-    if let (Some(max), Some(per_ms)) = (r.try_get::<_, Option<i64>>(1).db()?, r.try_get::<_, Option<i64>>(2).db()?) {
-        let start = r.try_get::<_, Option<SystemTime>>(3).db()?.map(millis);
-        let count: i64 = r.try_get(4).db()?;
-        let current = match start {
-            Some(s) if tx.now < s.plus_ms(per_ms) => (s, count),
-            _ => (tx.now, 0),
-        };
-        allowed = allowed.min(max - current.1);
-        window = Some(current);
-    }
-    let groups = r.try_get::<_, Option<i32>>(5).db()?.map(i64::from).map(|cap| (cap, None::<String>));
-    let groups = match groups {
-        Some((cap, _)) => Some((cap, r.try_get::<_, Option<String>>(6).db()?)),
-        None => None,
+            .get(0),
+        None => 0,
     };
-    Ok((allowed > 0).then_some(Allowance { n: allowed, window, groups }))
+    Ok(plan_claim(tx.now, want, &limits, running))
 }
 
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
@@ -264,22 +310,4 @@ async fn running_per_group<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<std::
         .await
         .db()?;
     rows.iter().map(|r| Ok((r.try_get(0).db()?, r.try_get(1).db()?))).collect()
-}
-
-async fn dependency_results<C: Conn>(tx: &Tx<'_, C>, ids: &[String]) -> Result<BTreeMap<String, Value>, StoreError> {
-    let rows = tx
-        .c
-        .query("SELECT id, state, result, errors -> -1 ->> 'message' FROM kyu_jobs WHERE id = ANY($1)", &[&ids])
-        .await
-        .db()?;
-    let mut out = BTreeMap::new();
-    for r in rows {
-        let state = state_of(r.try_get(1).db()?)?;
-        let v = match state {
-            JobState::Completed => r.try_get::<_, Option<Value>>(2).db()?.unwrap_or(Value::Null),
-            _ => json!({"state": state, "error": r.try_get::<_, Option<String>>(3).db()?}),
-        };
-        out.insert(r.try_get(0).db()?, v);
-    }
-    Ok(out)
 }

@@ -1,94 +1,130 @@
-//! How attempts end: reports, heartbeats, saves, lease expiry, and what a
-//! finished job means for the jobs that depend on it.
+//! How attempts end: reports, heartbeats, saves, lost jobs, and what a
+//! finished job means for the jobs that depend on it. Each decision is
+//! kyu-core's ([`plan_report`], [`plan_lost`], [`dependency`]); this file
+//! reads the rows those decisions need (locked, in one statement per batch)
+//! and writes what they answer (one statement per kind of change).
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
-use kyu_core::transition::{AfterFailure, Failure, after_failure, runnable_state};
+use kyu_core::dependency::{Dependency, broken_message, dependency, released_state};
+use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
-use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Outcome, Report, RescueCounts, StoreError, StoreEvent};
+use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use tokio_postgres::Row;
 
 use crate::conn::Conn;
-
 use crate::error::PgResultExt;
-use crate::read::{job_id, state_of, ts};
+use crate::read::{job_id, millis, state_of, ts};
 use crate::tx::Tx;
 
-/// The parts of a running job a report needs, read under a row lock.
+/// The parts of a running job its end needs.
 pub(crate) struct Held {
     pub seq: i64,
     pub id: JobId,
     pub queue: String,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub backoff: Backoff,
-    pub cancel_requested: bool,
+    pub attempt: Attempt,
+    pub keep_failed_ms: Option<i64>,
     pub has_dependents: bool,
 }
 
-const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, has_dependents";
+const HELD_COLUMNS: &str =
+    "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_failed_ms, has_dependents";
 
 fn held_from_row(r: &Row) -> Result<Held, StoreError> {
     Ok(Held {
         seq: r.try_get(0).db()?,
         id: job_id(r.try_get(1).db()?)?,
         queue: r.try_get(2).db()?,
-        attempt: r.try_get(3).db()?,
-        max_attempts: r.try_get(4).db()?,
-        backoff: serde_json::from_value(r.try_get(5).db()?).map_err(|e| StoreError::Backend(e.into()))?,
-        cancel_requested: r.try_get(6).db()?,
-        has_dependents: r.try_get(7).db()?,
+        attempt: Attempt {
+            attempt: r.try_get(3).db()?,
+            max_attempts: r.try_get(4).db()?,
+            backoff: serde_json::from_value::<Backoff>(r.try_get(5).db()?).map_err(|e| StoreError::Backend(e.into()))?,
+            cancel_requested: r.try_get(6).db()?,
+        },
+        keep_failed_ms: r.try_get(7).db()?,
+        has_dependents: r.try_get(8).db()?,
     })
 }
 
-/// The running job `id` if `token` holds it (locked until commit), or the
-/// error that says why not.
-pub(crate) async fn held<C: Conn>(tx: &Tx<'_, C>, id: &JobId, token: &str) -> Result<Held, StoreError> {
-    let sql = format!("SELECT {HELD_COLUMNS}, state, token FROM kyu_jobs WHERE id = $1 FOR UPDATE");
-    let row = tx.c.query_opt(&sql, &[&id.as_str()]).await.db()?.ok_or_else(|| StoreError::job_not_found(id))?;
-    let state = state_of(row.try_get(8).db()?)?;
-    let current: Option<String> = row.try_get(9).db()?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict(format!("job `{id}` is already {state}")));
+/// The running jobs of `claims` (id, token), locked until commit in `seq`
+/// order (so concurrent batches cannot deadlock), each checked against its
+/// token: one statement for the whole batch.
+pub(crate) async fn hold_many<C: Conn>(tx: &Tx<'_, C>, claims: &[(&JobId, &str)]) -> Result<Vec<Result<Held, StoreError>>, StoreError> {
+    let ids: Vec<&str> = claims.iter().map(|(id, _)| id.as_str()).collect();
+    let sql = format!("SELECT {HELD_COLUMNS}, state, token FROM kyu_jobs WHERE id = ANY($1) ORDER BY seq FOR UPDATE");
+    let rows = tx.c.query(&sql, &[&ids]).await.db()?;
+    let mut found: HashMap<String, (Held, JobState, Option<String>)> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let h = held_from_row(r)?;
+        found.insert(h.id.to_string(), (h, state_of(r.try_get(9).db()?)?, r.try_get(10).db()?));
     }
-    if state != JobState::Running || current.as_deref() != Some(token) {
-        return Err(StoreError::Conflict(format!(
-            "stale token: job `{id}` is no longer held by this claim (it is {state} now; its lease expired or it was released)"
-        )));
-    }
-    held_from_row(&row)
+    Ok(claims
+        .iter()
+        .map(|(id, token)| {
+            let Some((h, state, current)) = found.remove(id.as_str()) else { return Err(StoreError::job_not_found(id)) };
+            check_token(state, current.as_deref(), token).map_err(|why| StoreError::refused(id, why))?;
+            Ok(h)
+        })
+        .collect())
 }
 
-fn queue_name(q: &str) -> QueueName {
+/// One job's hold: [`hold_many`] of one.
+pub(crate) async fn held<C: Conn>(tx: &Tx<'_, C>, id: &JobId, token: &str) -> Result<Held, StoreError> {
+    hold_many(tx, &[(id, token)]).await?.remove(0)
+}
+
+pub(crate) fn queue_name(q: &str) -> QueueName {
     QueueName::new(q).unwrap_or_default()
 }
 
+/// A job that reached a terminal state, for its dependents to learn of.
+pub(crate) struct Finished {
+    pub seq: i64,
+    pub id: JobId,
+    pub state: JobState,
+}
+
+/// Applies a batch of reports. Each is checked on its own first (its token,
+/// what it carries), so a refused one is answered in its slot and holds back
+/// nothing. Completions, the common case, are one statement for the batch;
+/// failures and snoozes are read in one and written in one per kind.
 pub(crate) async fn report_many<C: Conn>(
     tx: &Tx<'_, C>,
     reports: Vec<Report>,
 ) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
     let mut out: Vec<Option<Result<JobState, StoreError>>> = (0..reports.len()).map(|_| None).collect();
-    // Completions, the common case, go in one statement for the whole batch.
-    let (mut ids, mut tokens, mut results, mut slots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, r) in reports.iter().enumerate() {
-        if let Outcome::Complete { result } = &r.outcome {
-            ids.push(r.id.to_string());
-            tokens.push(r.token.clone());
-            results.push(result.to_string());
-            slots.push(i);
+        if let Err(e) = r.outcome.check() {
+            out[i] = Some(Err(e.into()));
         }
     }
-    if !ids.is_empty() {
+    let mut finished: Vec<Finished> = Vec::new();
+    // Completions: one UPDATE whose WHERE is the token fence.
+    let completions: Vec<usize> =
+        (0..reports.len()).filter(|&i| out[i].is_none() && matches!(reports[i].outcome, Outcome::Complete { .. })).collect();
+    if !completions.is_empty() {
+        let ids: Vec<&str> = completions.iter().map(|&i| reports[i].id.as_str()).collect();
+        let tokens: Vec<&str> = completions.iter().map(|&i| reports[i].token.as_str()).collect();
+        let results: Vec<String> = completions
+            .iter()
+            .map(|&i| match &reports[i].outcome {
+                Outcome::Complete { result } => result.to_string(),
+                _ => unreachable!("filtered above"),
+            })
+            .collect();
+        // The retention rule is kyu-core's `Retention::expires_at`, written
+        // in SQL here so the whole batch stays one statement.
         let rows = tx
             .c
             .query(
                 "UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
                    expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
-                   lease_expires_at = NULL, token = NULL \
+                   lease_expires_at = NULL, deadline_at = NULL, token = NULL \
                  FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
                  WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
                  RETURNING j.id, j.seq, j.has_dependents",
-                &[&tx.now_ts, &tx.settings.keep_result_ms, &ids, &tokens, &results],
+                &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
             .db()?;
@@ -96,181 +132,211 @@ pub(crate) async fn report_many<C: Conn>(
         for r in rows {
             done.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?));
         }
-        // Dependents are released once for the whole batch: a parent with
-        // 10,000 children is updated once per batch, not once per child.
-        let released: Vec<i64> = done.values().filter(|(_, deps)| *deps).map(|(seq, _)| *seq).collect();
-        release_completed(tx, &released).await?;
-        for (k, i) in slots.into_iter().enumerate() {
-            out[i] = Some(match done.get(&ids[k]) {
-                Some(_) => {
+        let mut missed = Vec::new();
+        for &i in &completions {
+            match done.remove(reports[i].id.as_str()) {
+                Some((seq, has_dependents)) => {
                     tx.event(StoreEvent::JobFinished(reports[i].id.clone()));
-                    Ok(JobState::Completed)
+                    if has_dependents {
+                        finished.push(Finished { seq, id: reports[i].id.clone(), state: JobState::Completed });
+                    }
+                    out[i] = Some(Ok(JobState::Completed));
                 }
-                // Not updated: say why (stale token, terminal, unknown).
-                None => Err(held(tx, &reports[i].id, &reports[i].token).await.err().unwrap_or_else(|| {
-                    StoreError::Conflict(format!("job `{}` was not completed", reports[i].id))
-                })),
-            });
+                None => missed.push(i),
+            }
+        }
+        // Not updated: say why (stale token, terminal, unknown, or the same
+        // job twice in one batch).
+        if !missed.is_empty() {
+            let claims: Vec<(&JobId, &str)> = missed.iter().map(|&i| (&reports[i].id, reports[i].token.as_str())).collect();
+            for (&i, h) in missed.iter().zip(hold_many(tx, &claims).await?) {
+                let id = &reports[i].id;
+                out[i] = Some(Err(h.err().unwrap_or_else(|| StoreError::Conflict(format!("job `{id}` was reported twice in one batch")))));
+            }
         }
     }
-    for (i, r) in reports.into_iter().enumerate() {
-        if out[i].is_none() {
-            out[i] = Some(report_other(tx, r).await);
+    // Failures and snoozes: decided per job from its attempt and policy.
+    let others: Vec<usize> = (0..reports.len()).filter(|&i| out[i].is_none()).collect();
+    if !others.is_empty() {
+        let claims: Vec<(&JobId, &str)> = others.iter().map(|&i| (&reports[i].id, reports[i].token.as_str())).collect();
+        let mut steps = Vec::new();
+        for (&i, h) in others.iter().zip(hold_many(tx, &claims).await?) {
+            match h {
+                Ok(h) => {
+                    let step = plan_report(tx.now, &h.attempt, &reports[i].outcome);
+                    out[i] = Some(Ok(step.state()));
+                    steps.push((h, step));
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
         }
+        finished.extend(apply(tx, steps).await?);
     }
+    settle_dependents(tx, finished).await?;
     Ok(out.into_iter().map(|o| o.expect("every report answered")).collect())
 }
 
-/// Waiting jobs whose dependencies among `seqs` just completed: one fewer
-/// pending each, released at zero. Concurrent batches serialise on each
-/// dependent's row lock and re-read it (READ COMMITTED), so a parent is
-/// released exactly once however its children race.
-async fn release_completed<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError> {
-    if seqs.is_empty() {
+/// Writes non-completion [`Step`]s on held jobs: one statement for those
+/// going back to the queue, one for those ending. Returns the ended jobs
+/// that have dependents, which the caller settles.
+pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<(Held, Step)>) -> Result<Vec<Finished>, StoreError> {
+    let mut requeue = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ends: Vec<(i64, JobId, JobState, Option<String>, Option<i64>)> = Vec::new();
+    let mut finished = Vec::new();
+    for (h, step) in steps {
+        match step {
+            Step::Complete => unreachable!("completions carry a result and are written by `report_many`"),
+            Step::Requeue { state, run_at, error, give_back_attempt } => {
+                requeue.0.push(h.seq);
+                requeue.1.push(state.as_str());
+                requeue.2.push(ts(run_at));
+                requeue.3.push(i32::from(give_back_attempt));
+                requeue.4.push(error);
+                tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
+            }
+            Step::Finish { state, error } => {
+                if h.has_dependents {
+                    finished.push(Finished { seq: h.seq, id: h.id.clone(), state });
+                }
+                ends.push((h.seq, h.id, state, error, h.keep_failed_ms));
+            }
+        }
+    }
+    if !requeue.0.is_empty() {
+        tx.c.execute(
+            "UPDATE kyu_jobs j SET state = x.state, run_at = x.run_at, attempt = j.attempt - x.give_back, \
+               lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
+               errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
+                 'attempt', j.attempt, 'at', $1::text, 'message', x.error)) END \
+             FROM unnest($2::int8[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) AS x(seq, state, run_at, give_back, error) \
+             WHERE j.seq = x.seq",
+            &[&tx.now_str, &requeue.0, &requeue.1, &requeue.2, &requeue.3, &requeue.4],
+        )
+        .await
+        .db()?;
+    }
+    finish_many(tx, ends).await?;
+    Ok(finished)
+}
+
+/// Ends jobs in a failed or cancelled state, each with its error (if any)
+/// and its retention: `(seq, id, state, error, keep_failed_ms)`.
+pub(crate) async fn finish_many<C: Conn>(
+    tx: &Tx<'_, C>,
+    ends: Vec<(i64, JobId, JobState, Option<String>, Option<i64>)>,
+) -> Result<(), StoreError> {
+    if ends.is_empty() {
         return Ok(());
     }
-    let rows = tx
-        .c
-        .query(
-            "UPDATE kyu_jobs j SET pending_deps = j.pending_deps - c.n, \
-               state = CASE WHEN j.pending_deps = c.n THEN CASE WHEN j.run_at <= $2 THEN 'queued' ELSE 'scheduled' END \
-                       ELSE j.state END \
-             FROM (SELECT job_seq, count(*)::int AS n FROM kyu_job_deps WHERE dep_seq = ANY($1) GROUP BY job_seq) AS c \
-             WHERE j.seq = c.job_seq AND j.state = 'waiting' \
-             RETURNING j.queue, j.state",
-            &[&seqs, &tx.now_ts],
-        )
-        .await
-        .db()?;
-    for r in rows {
-        if state_of(r.try_get(1).db()?)? != JobState::Waiting {
-            tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
-        }
+    let seqs: Vec<i64> = ends.iter().map(|e| e.0).collect();
+    let states: Vec<&str> = ends.iter().map(|e| e.2.as_str()).collect();
+    let errors: Vec<Option<&str>> = ends.iter().map(|e| e.3.as_deref()).collect();
+    let expires: Vec<SystemTime> =
+        ends.iter().map(|e| ts(tx.settings.retention.expires_at(e.2, tx.now, None, e.4))).collect();
+    tx.c.execute(
+        "UPDATE kyu_jobs j SET state = x.state, finished_at = $1, expires_at = x.expires_at, lease_expires_at = NULL, \
+           deadline_at = NULL, token = NULL, \
+           errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
+             'attempt', j.attempt, 'at', $2::text, 'message', x.error)) END \
+         FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[]) AS x(seq, state, expires_at, error) \
+         WHERE j.seq = x.seq",
+        &[&tx.now_ts, &tx.now_str, &seqs, &states, &expires, &errors],
+    )
+    .await
+    .db()?;
+    for (_, id, ..) in ends {
+        tx.event(StoreEvent::JobFinished(id));
     }
     Ok(())
 }
 
-/// A failure or a snooze: decided per job, from its attempt and policy.
-async fn report_other<C: Conn>(tx: &Tx<'_, C>, r: Report) -> Result<JobState, StoreError> {
-    let h = held(tx, &r.id, &r.token).await?;
-    match r.outcome {
-        Outcome::Complete { .. } => unreachable!("completions are batched"),
-        Outcome::Fail { error, failure } => {
-            let next = after_failure(tx.now, h.attempt, h.max_attempts, &h.backoff, h.cancel_requested, &failure);
-            end_attempt(tx, &h, next, Some(&error)).await
-        }
-        Outcome::Snooze { delay_ms } => {
-            if h.cancel_requested {
-                return end_attempt(tx, &h, AfterFailure::Final(JobState::Cancelled), None).await;
-            }
-            let run_at = tx.now.plus_ms(delay_ms.max(0));
-            let state = runnable_state(tx.now, run_at);
-            tx.c.execute(
-                "UPDATE kyu_jobs SET state = $2, run_at = $3, attempt = attempt - 1, lease_expires_at = NULL, \
-                 token = NULL WHERE seq = $1",
-                &[&h.seq, &state.as_str(), &ts(run_at)],
-            )
-            .await
-            .db()?;
-            tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
-            Ok(state)
-        }
-    }
+/// One waiting dependent of finished jobs, as read for [`settle_dependents`].
+struct Dependent {
+    seq: i64,
+    id: JobId,
+    queue: String,
+    run_at: Millis,
+    pending: i32,
+    continue_on_failure: bool,
+    keep_failed_ms: Option<i64>,
+    deps: Vec<i64>,
 }
 
-/// Ends a failed attempt: back to the queue for a retry, or terminal.
-pub(crate) async fn end_attempt<C: Conn>(
-    tx: &Tx<'_, C>,
-    h: &Held,
-    next: AfterFailure,
-    error: Option<&str>,
-) -> Result<JobState, StoreError> {
-    const APPEND: &str = "CASE WHEN $5::text IS NULL THEN errors ELSE errors || jsonb_build_array(jsonb_build_object(\
-        'attempt', attempt, 'at', $4::text, 'message', $5::text)) END";
-    match next {
-        AfterFailure::Retry { run_at } => {
-            let state = runnable_state(tx.now, run_at);
-            let sql = format!(
-                "UPDATE kyu_jobs SET state = $2, run_at = $3, lease_expires_at = NULL, token = NULL, errors = {APPEND} \
-                 WHERE seq = $1"
-            );
-            tx.c.execute(&sql, &[&h.seq, &state.as_str(), &ts(run_at), &tx.now_str, &error]).await.db()?;
-            tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
-            Ok(state)
-        }
-        AfterFailure::Final(state) => {
-            let sql = format!(
-                "UPDATE kyu_jobs SET state = $2, finished_at = $3, expires_at = $6, lease_expires_at = NULL, \
-                 token = NULL, errors = {APPEND} WHERE seq = $1"
-            );
-            let expiry = tx.failed_expiry();
-            tx.c.execute(&sql, &[&h.seq, &state.as_str(), &tx.now_ts, &tx.now_str, &error, &expiry]).await.db()?;
-            tx.event(StoreEvent::JobFinished(h.id.clone()));
-            if h.has_dependents {
-                fail_dependents(tx, h.seq, &h.id).await?;
-            }
-            Ok(state)
-        }
-    }
-}
-
-/// Job `dep_seq` completed (or failed, for dependents that continue on
-/// failure): each waiting dependent has one fewer pending dependency, and the
-/// last one releases it, in this transaction. Concurrent finishers serialise
-/// on the dependent's row lock, and READ COMMITTED re-reads the row after the
-/// wait, so a parent is released exactly once however its children race.
-pub(crate) async fn release_dependents<C: Conn>(
-    tx: &Tx<'_, C>,
-    dep_seq: i64,
-    only_continuing: bool,
-) -> Result<(), StoreError> {
-    let rows = tx
-        .c
-        .query(
-            "UPDATE kyu_jobs SET pending_deps = pending_deps - 1, \
-               state = CASE WHEN pending_deps = 1 THEN CASE WHEN run_at <= $2 THEN 'queued' ELSE 'scheduled' END \
-                       ELSE state END \
-             WHERE state = 'waiting' AND (NOT $3 OR continue_on_failure) \
-               AND seq IN (SELECT job_seq FROM kyu_job_deps WHERE dep_seq = $1) \
-             RETURNING queue, state",
-            &[&dep_seq, &tx.now_ts, &only_continuing],
-        )
-        .await
-        .db()?;
-    for r in rows {
-        let state = state_of(r.try_get(1).db()?)?;
-        if state != JobState::Waiting {
-            tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
-        }
-    }
-    Ok(())
-}
-
-/// Job `seq` ended failed or cancelled: dependents that continue on failure
-/// are released; the others fail, naming it, and so on down the tree.
-pub(crate) async fn fail_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Result<(), StoreError> {
-    let expiry = tx.failed_expiry();
-    let mut work = vec![(seq, id.clone())];
-    while let Some((seq, id)) = work.pop() {
-        release_dependents(tx, seq, true).await?;
-        let message = format!("dependency `{id}` did not complete");
+/// Jobs that reached a terminal state: each waiting dependent counts the
+/// ones that satisfy it ([`dependency`]) and is released when none is left
+/// pending, or fails, naming a broken one, and its own dependents learn of
+/// that in turn. Dependents are read under a row lock, so concurrent
+/// batches finishing children of one parent take turns and each sees the
+/// other's count: a parent is released exactly once however they race.
+pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec<Finished>) -> Result<(), StoreError> {
+    while !finished.is_empty() {
+        let by_seq: HashMap<i64, (JobId, JobState)> = finished.drain(..).map(|f| (f.seq, (f.id, f.state))).collect();
+        let seqs: Vec<i64> = by_seq.keys().copied().collect();
         let rows = tx
             .c
             .query(
-                "UPDATE kyu_jobs SET state = 'failed', finished_at = $2, expires_at = $3, \
-                   errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', $4::text, 'message', $5::text)) \
-                 WHERE state = 'waiting' AND NOT continue_on_failure \
-                   AND seq IN (SELECT job_seq FROM kyu_job_deps WHERE dep_seq = $1) \
-                 RETURNING seq, id",
-                &[&seq, &tx.now_ts, &expiry, &tx.now_str, &message],
+                "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, j.keep_failed_ms \
+                 FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
+                 WHERE d.dep_seq = ANY($1) AND j.state = 'waiting' ORDER BY j.seq FOR UPDATE OF j",
+                &[&seqs],
             )
             .await
             .db()?;
-        for r in rows {
-            let id = job_id(r.try_get(1).db()?)?;
-            tx.event(StoreEvent::JobFinished(id.clone()));
-            work.push((r.try_get(0).db()?, id));
+        let mut dependents: Vec<Dependent> = Vec::new();
+        for r in &rows {
+            let dep: i64 = r.try_get(0).db()?;
+            let seq: i64 = r.try_get(1).db()?;
+            match dependents.last_mut() {
+                Some(d) if d.seq == seq => d.deps.push(dep),
+                _ => dependents.push(Dependent {
+                    seq,
+                    id: job_id(r.try_get(2).db()?)?,
+                    queue: r.try_get(3).db()?,
+                    run_at: millis(r.try_get(4).db()?),
+                    pending: r.try_get(5).db()?,
+                    continue_on_failure: r.try_get(6).db()?,
+                    keep_failed_ms: r.try_get(7).db()?,
+                    deps: vec![dep],
+                }),
+            }
         }
+        let (mut seqs, mut left, mut states) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ends = Vec::new();
+        for d in dependents {
+            let mut satisfied = 0;
+            let mut broken: Option<&JobId> = None;
+            for dep in &d.deps {
+                let (dep_id, dep_state) = &by_seq[dep];
+                match dependency(*dep_state, d.continue_on_failure) {
+                    Dependency::Satisfied => satisfied += 1,
+                    Dependency::Broken => broken = broken.or(Some(dep_id)),
+                    Dependency::Pending => {}
+                }
+            }
+            if let Some(dep) = broken {
+                ends.push((d.seq, d.id.clone(), JobState::Failed, Some(broken_message(dep)), d.keep_failed_ms));
+                finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
+                continue;
+            }
+            let remaining = (d.pending - satisfied).max(0);
+            let state = if remaining == 0 { released_state(tx.now, d.run_at) } else { JobState::Waiting };
+            if wakes_workers(state) {
+                tx.event(StoreEvent::JobsAvailable(queue_name(&d.queue)));
+            }
+            seqs.push(d.seq);
+            left.push(remaining);
+            states.push(state.as_str());
+        }
+        if !seqs.is_empty() {
+            tx.c.execute(
+                "UPDATE kyu_jobs j SET pending_deps = x.remaining, state = x.state \
+                 FROM unnest($1::int8[], $2::int4[], $3::text[]) AS x(seq, remaining, state) WHERE j.seq = x.seq",
+                &[&seqs, &left, &states],
+            )
+            .await
+            .db()?;
+        }
+        finish_many(tx, ends).await?;
     }
     Ok(())
 }
@@ -280,8 +346,8 @@ pub(crate) async fn heartbeat_many<C: Conn>(
     p: JobHeartbeatParams,
 ) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
     let lease = tx.now.plus_ms(p.lease_ms);
-    let ids: Vec<String> = p.jobs.iter().map(|(id, _)| id.to_string()).collect();
-    let tokens: Vec<String> = p.jobs.iter().map(|(_, t)| t.clone()).collect();
+    let ids: Vec<&str> = p.jobs.iter().map(|(id, _)| id.as_str()).collect();
+    let tokens: Vec<&str> = p.jobs.iter().map(|(_, t)| t.as_str()).collect();
     let rows = tx
         .c
         .query(
@@ -295,17 +361,25 @@ pub(crate) async fn heartbeat_many<C: Conn>(
     for r in rows {
         hit.insert(r.try_get(0).db()?, r.try_get(1).db()?);
     }
-    let mut out = Vec::with_capacity(p.jobs.len());
-    for (id, token) in &p.jobs {
-        out.push(match hit.get(id.as_str()) {
+    let missed: Vec<(&JobId, &str)> =
+        p.jobs.iter().filter(|(id, _)| !hit.contains_key(id.as_str())).map(|(id, t)| (id, t.as_str())).collect();
+    let mut refusals = if missed.is_empty() { Vec::new() } else { hold_many(tx, &missed).await? }.into_iter();
+    Ok(p.jobs
+        .iter()
+        .map(|(id, _)| match hit.get(id.as_str()) {
             Some(&cancel_requested) => Ok(Heartbeat { lease_expires_at: lease, cancel_requested }),
-            None => Err(held(tx, id, token).await.err().unwrap_or_else(|| StoreError::Conflict("stale token".into()))),
-        });
-    }
-    Ok(out)
+            None => Err(refusals.next().and_then(Result::err).unwrap_or_else(|| StoreError::Conflict("stale token".into()))),
+        })
+        .collect())
 }
 
 pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<(), StoreError> {
+    if let Some(c) = &p.checkpoint {
+        kyu_core::validate::no_nul("checkpoint", c)?;
+    }
+    if let Some(pr) = &p.progress {
+        kyu_core::validate::no_nul("progress", pr)?;
+    }
     let n = tx
         .c
         .execute(
@@ -321,40 +395,46 @@ pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<()
     Ok(())
 }
 
-/// Expired leases end like failed attempts; due scheduled jobs become
-/// queued. `SKIP LOCKED`, so every node can run it at once without waiting
-/// on the others.
+/// Running jobs whose lease ran out or which passed their deadline end as
+/// failed attempts ([`plan_lost`]); due scheduled jobs become queued. `SKIP
+/// LOCKED`, so every node can run it at once without waiting on the others.
 pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
-        "SELECT {HELD_COLUMNS} FROM kyu_jobs WHERE state = 'running' AND lease_expires_at < $1 \
-         ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
+        "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
+         WHERE state = 'running' AND (lease_expires_at < $1 OR deadline_at < $1) \
+         ORDER BY lease_expires_at LIMIT {} FOR UPDATE SKIP LOCKED",
+        kyu_core::transition::MAINTENANCE_BATCH
     );
     let rows = tx.c.query(&sql, &[&tx.now_ts]).await.db()?;
-    let retry = Failure { retry: true, retry_in_ms: None };
+    let mut steps = Vec::new();
     for r in &rows {
         let h = held_from_row(r)?;
-        let next = after_failure(tx.now, h.attempt, h.max_attempts, &h.backoff, h.cancel_requested, &retry);
-        let error = if h.cancel_requested { None } else { Some("lease expired") };
-        end_attempt(tx, &h, next, error).await?;
+        let lease = millis(r.try_get(9).db()?);
+        let deadline = r.try_get::<_, Option<SystemTime>>(10).db()?.map(millis);
+        if let Some(why) = lost(tx.now, lease, deadline) {
+            let step = plan_lost(tx.now, &h.attempt, why);
+            steps.push((h, step));
+        }
     }
+    let expired = steps.len() as u64;
+    let finished = apply(tx, steps).await?;
+    settle_dependents(tx, finished).await?;
     let promoted = promote_due(tx, None).await?;
-    Ok(RescueCounts { expired: rows.len() as u64, promoted })
+    Ok(RescueCounts { expired, promoted })
 }
 
-/// Scheduled jobs whose time has come become queued (of these queues, or all).
+/// Scheduled jobs whose time has come become queued (of these queues, or
+/// all), a bounded batch at a time.
 pub(crate) async fn promote_due<C: Conn>(tx: &Tx<'_, C>, queues: Option<&[String]>) -> Result<u64, StoreError> {
-    let rows = tx
-        .c
-        .query(
-            "UPDATE kyu_jobs SET state = 'queued' WHERE seq IN ( \
-               SELECT seq FROM kyu_jobs WHERE state = 'scheduled' AND run_at <= $1 \
-                 AND ($2::text[] IS NULL OR queue = ANY($2)) \
-               ORDER BY run_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-             RETURNING queue",
-            &[&tx.now_ts, &queues],
-        )
-        .await
-        .db()?;
+    let sql = format!(
+        "UPDATE kyu_jobs SET state = 'queued' WHERE seq IN ( \
+           SELECT seq FROM kyu_jobs WHERE state = 'scheduled' AND run_at <= $1 \
+             AND ($2::text[] IS NULL OR queue = ANY($2)) \
+           ORDER BY run_at LIMIT {} FOR UPDATE SKIP LOCKED) \
+         RETURNING queue",
+        kyu_core::transition::MAINTENANCE_BATCH
+    );
+    let rows = tx.c.query(&sql, &[&tx.now_ts, &queues]).await.db()?;
     for r in &rows {
         tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
     }
@@ -368,5 +448,5 @@ pub(crate) async fn next_run_at<C: Conn>(tx: &Tx<'_, C>, queues: &[String]) -> R
         .query_one("SELECT min(run_at) FROM kyu_jobs WHERE state = 'scheduled' AND queue = ANY($1)", &[&queues])
         .await
         .db()?;
-    Ok(row.try_get::<_, Option<std::time::SystemTime>>(0).db()?.map(crate::read::millis))
+    Ok(row.try_get::<_, Option<SystemTime>>(0).db()?.map(millis))
 }

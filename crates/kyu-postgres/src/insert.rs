@@ -5,8 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-use kyu_core::transition::{Dependency, dependency, runnable_state};
-use kyu_core::{ErrorEntry, JobId, JobState, NewJob, ValidationError};
+use kyu_core::dependency::plan_insert;
+use kyu_core::transition::runnable_state;
+use kyu_core::{JobId, JobState, NewJob};
 use kyu_store::{Inserted, StoreError, StoreEvent};
 use crate::conn::Conn;
 
@@ -34,6 +35,7 @@ struct Rows {
     pending: Vec<i32>,
     continue_on_failure: Vec<bool>,
     keep_result_ms: Vec<Option<i64>>,
+    keep_failed_ms: Vec<Option<i64>>,
     errors: Vec<String>,
     tags: Vec<Option<String>>,
     group: Vec<Option<String>>,
@@ -42,7 +44,7 @@ struct Rows {
 }
 
 impl Rows {
-    fn push(&mut self, job: &NewJob, state: JobState, pending: i32, errors: String, now: kyu_core::Millis, failed_expiry: Option<SystemTime>) {
+    fn push(&mut self, job: &NewJob, state: JobState, pending: i32, errors: String, now: kyu_core::Millis, expiry: Option<SystemTime>) {
         self.id.push(job.id.to_string());
         self.queue.push(job.queue.to_string());
         self.kind.push(job.kind.clone());
@@ -60,11 +62,12 @@ impl Rows {
         self.pending.push(pending);
         self.continue_on_failure.push(job.continue_on_failure);
         self.keep_result_ms.push(job.keep_result_ms);
+        self.keep_failed_ms.push(job.keep_failed_ms);
         self.errors.push(errors);
         self.tags.push((!job.tags.is_empty()).then(|| to_json(&job.tags)));
         self.group.push(job.group.clone());
-        self.finished_at.push(failed_expiry.map(|_| ts(now)));
-        self.expires_at.push(failed_expiry);
+        self.finished_at.push(expiry.map(|_| ts(now)));
+        self.expires_at.push(expiry);
     }
 }
 
@@ -80,20 +83,20 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
                 $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[],
                 $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[],
-                $21::timestamptz[], $22::timestamptz[])
+                $21::timestamptz[], $22::timestamptz[], $25::int8[])
               AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key,
                    unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags,
-                   group_key, finished_at, expires_at)
+                   group_key, finished_at, expires_at, keep_failed_ms)
         ), queues AS (
             INSERT INTO kyu_queues (name, created_at) SELECT DISTINCT queue, $23::timestamptz FROM input
             ON CONFLICT (name) DO NOTHING
         ), inserted AS (
             INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms,
                 unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, keep_result_ms,
-                errors, tags, group_key, created_at, finished_at, expires_at)
+                errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms)
             SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms,
                 unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms,
-                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at
+                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms
             FROM input
             ON CONFLICT (id) DO NOTHING
             RETURNING id, seq, queue, state
@@ -110,7 +113,7 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
                 &r.id, &r.queue, &r.kind, &r.payload, &r.state, &r.priority, &r.run_at, &r.max_attempts, &r.backoff,
                 &r.timeout_ms, &r.unique_key, &r.unique_for_ms, &r.unique_until, &r.depends_on, &r.pending,
                 &r.continue_on_failure, &r.keep_result_ms, &r.errors, &r.tags, &r.group, &r.finished_at, &r.expires_at,
-                &tx.now_ts, &tx.settings.channel,
+                &tx.now_ts, &tx.settings.channel, &r.keep_failed_ms,
             ],
         )
         .await
@@ -187,57 +190,55 @@ async fn insert_one<C: Conn>(tx: &Tx<'_, C>, job: NewJob) -> Result<Inserted, St
             return Ok(Inserted { id: job_id(row.try_get(0).db()?)?, state: state_of(row.try_get(1).db()?)?, duplicate: true });
         }
     }
-    let mut pending: Vec<i64> = Vec::new();
-    let mut failed_dep: Option<&JobId> = None;
+    let mut found: HashMap<String, (i64, JobState)> = HashMap::new();
     if !job.depends_on.is_empty() {
-        let ids: Vec<String> = job.depends_on.iter().map(|d| d.to_string()).collect();
+        let ids: Vec<&str> = job.depends_on.iter().map(|d| d.as_str()).collect();
         // FOR SHARE: a dependency cannot finish between this read and our
         // commit, so it cannot miss the dependency row written below.
         let rows = tx.c.query("SELECT id, seq, state FROM kyu_jobs WHERE id = ANY($1) FOR SHARE", &[&ids]).await.db()?;
-        let mut found: HashMap<String, (i64, JobState)> = HashMap::new();
         for r in rows {
             found.insert(r.try_get(0).db()?, (r.try_get(1).db()?, state_of(r.try_get(2).db()?)?));
         }
-        for (i, dep) in job.depends_on.iter().enumerate() {
-            match found.get(dep.as_str()) {
-                None => {
-                    return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{dep}`")).into());
-                }
-                Some(&(seq, state)) => match dependency(state, job.continue_on_failure) {
-                    Dependency::Satisfied => {}
-                    Dependency::Broken => failed_dep = failed_dep.or(Some(dep)),
-                    Dependency::Pending => pending.push(seq),
-                },
-            }
-        }
     }
-    let (state, errors, expiry) = if let Some(dep) = failed_dep {
-        let entry = ErrorEntry { attempt: 0, at: tx.now, message: format!("dependency `{dep}` did not complete") };
-        (JobState::Failed, serde_json::to_string(&[entry]).expect("serialises"), Some(tx.failed_expiry()))
-    } else if !pending.is_empty() {
-        (JobState::Waiting, "[]".to_owned(), None)
-    } else {
-        (runnable_state(tx.now, job.run_at), "[]".to_owned(), None)
+    let states: Vec<(&JobId, Option<JobState>)> =
+        job.depends_on.iter().map(|d| (d, found.get(d.as_str()).map(|f| f.1))).collect();
+    let plan = plan_insert(tx.now, job.run_at, job.continue_on_failure, &states)?;
+    let pending: Vec<i64> = plan.pending.iter().map(|&i| found[job.depends_on[i].as_str()].0).collect();
+    let state = plan.state;
+    let errors = match &plan.error {
+        Some(entry) => serde_json::to_string(&[entry]).expect("serialises"),
+        None => "[]".to_owned(),
     };
+    let expiry = state
+        .is_terminal()
+        .then(|| ts(tx.settings.retention.expires_at(state, tx.now, job.keep_result_ms, job.keep_failed_ms)));
     let mut rows = Rows::default();
     rows.push(&job, state, pending.len() as i32, errors, tx.now, expiry);
     let Some((_, seq)) = insert_rows(tx, &rows).await?.pop() else {
         let row = tx.c.query_one("SELECT state FROM kyu_jobs WHERE id = $1", &[&job.id.as_str()]).await.db()?;
         return Ok(Inserted { id: job.id, state: state_of(row.try_get(0).db()?)?, duplicate: true });
     };
-    if !pending.is_empty() {
-        tx.c.execute(
-            "INSERT INTO kyu_job_deps (dep_seq, job_seq) SELECT unnest($1::int8[]), $2 ON CONFLICT DO NOTHING",
-            &[&pending, &seq],
-        )
-        .await
-        .db()?;
-        tx.c.execute("UPDATE kyu_jobs SET has_dependents = true WHERE seq = ANY($1) AND NOT has_dependents", &[&pending])
-            .await
-            .db()?;
-    }
-    if state == JobState::Failed {
+    link_dependencies(tx, seq, &pending).await?;
+    if state.is_terminal() {
         tx.event(StoreEvent::JobFinished(job.id.clone()));
     }
     Ok(Inserted { id: job.id, state, duplicate: false })
+}
+
+/// Records that job `seq` waits for each of `deps`, and marks them as
+/// having dependents (so finishing them looks for waiters).
+pub(crate) async fn link_dependencies<C: Conn>(tx: &Tx<'_, C>, seq: i64, deps: &[i64]) -> Result<(), StoreError> {
+    if deps.is_empty() {
+        return Ok(());
+    }
+    tx.c.execute(
+        "INSERT INTO kyu_job_deps (dep_seq, job_seq) SELECT unnest($1::int8[]), $2 ON CONFLICT DO NOTHING",
+        &[&deps, &seq],
+    )
+    .await
+    .db()?;
+    tx.c.execute("UPDATE kyu_jobs SET has_dependents = true WHERE seq = ANY($1) AND NOT has_dependents", &[&deps])
+        .await
+        .db()?;
+    Ok(())
 }

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kyu_core::transition::Retention;
 use kyu_core::{Clock, Job, JobId, NewJob, QueueInfo};
 use kyu_store::*;
 use tokio::sync::broadcast;
@@ -70,10 +71,11 @@ use crate::tx::{Settings, Tx};
 pub struct PgOptions {
     /// Where "now" comes from.
     pub clock: Clock,
-    /// How long a completed job is kept unless it says otherwise.
-    pub keep_result_ms: i64,
-    /// How long failed and cancelled jobs are kept.
-    pub keep_failed_ms: i64,
+    /// How long finished jobs are kept unless they say otherwise.
+    pub retention: Retention,
+    /// How long past its time limit a job may run before the store takes it
+    /// back ("timeout"), heartbeats or not (the server's `--kill-grace`).
+    pub timeout_grace_ms: i64,
     /// Schema for kyu's tables (created if missing); `None` uses the
     /// connection's search path (normally `public`).
     pub schema: Option<String>,
@@ -85,8 +87,8 @@ impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             clock: Clock::system(),
-            keep_result_ms: 24 * 3_600_000,
-            keep_failed_ms: 7 * 24 * 3_600_000,
+            retention: Retention::default(),
+            timeout_grace_ms: 10_000,
             schema: None,
             pool_size: 16,
         }
@@ -174,7 +176,7 @@ impl PgStore {
         let (events, _) = broadcast::channel(4096);
         let listening = Arc::new(AtomicBool::new(false));
         let listener = tokio::spawn(listen::run(config, channel.clone(), events.clone(), listening.clone()));
-        let settings = Settings { keep_result_ms: opts.keep_result_ms, keep_failed_ms: opts.keep_failed_ms, channel };
+        let settings = Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
     }
 

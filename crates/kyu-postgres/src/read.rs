@@ -17,7 +17,7 @@ use crate::error::PgResultExt;
 pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
      max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, pending_deps, continue_on_failure, \
      result, keep_result_ms, errors, progress, tags, group_key, cancel_requested, created_at, started_at, \
-     finished_at, lease_expires_at, worker";
+     finished_at, lease_expires_at, worker, keep_failed_ms";
 
 /// Millis to a `timestamptz` parameter.
 pub(crate) fn ts(m: Millis) -> SystemTime {
@@ -88,6 +88,7 @@ pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
         finished_at: get_ts(26)?,
         lease_expires_at: get_ts(27)?,
         worker: r.try_get(28).db()?,
+        keep_failed_ms: r.try_get(29).db()?,
         duplicate: false,
     })
 }
@@ -139,7 +140,9 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
         filter("seq < $", Box::new(seq), &mut args);
     }
     let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
-    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT {}", limit + 1);
+    // The page size is a parameter, so one prepared statement serves every size.
+    args.push(Box::new((limit + 1) as i64));
+    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT ${}", args.len());
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
     let rows = c.query(&sql, &params).await.db()?;
     let more = rows.len() > limit;
@@ -147,7 +150,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     let mut last = 0i64;
     for r in rows.iter().take(limit) {
         jobs.push(job_from_row(r)?);
-        last = r.try_get(29).db()?;
+        last = r.try_get(30).db()?;
     }
     Ok(JobPage { jobs, next_cursor: more.then(|| last.to_string()) })
 }
@@ -155,7 +158,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
 pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<QueueInfo>, StoreError> {
     let rows = c
         .query(
-            "SELECT name, paused, concurrency, rate_max, rate_per_ms, group_concurrency FROM kyu_queues \
+            "SELECT name, paused, concurrency, rate_max, rate_per_ms, group_concurrency, timeout_ms FROM kyu_queues \
              WHERE $1::text IS NULL OR name = $1 ORDER BY name",
             &[&only],
         )
@@ -174,6 +177,7 @@ pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<
             concurrency: r.try_get(2).db()?,
             rate_limit: rate,
             group_concurrency: r.try_get(5).db()?,
+            timeout_ms: r.try_get(6).db()?,
             counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
         };
         queues.insert(name, info);

@@ -12,11 +12,11 @@ use crate::conn::Conn;
 use crate::error::PgResultExt;
 use crate::read::ts;
 
-/// Retention defaults and the notification channel, fixed at open.
+/// Retention defaults, the timeout grace and the notification channel, fixed at open.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
-    pub keep_result_ms: i64,
-    pub keep_failed_ms: i64,
+    pub retention: kyu_core::transition::Retention,
+    pub timeout_grace_ms: i64,
     pub channel: String,
 }
 
@@ -39,10 +39,6 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// Records an event to send when the transaction commits.
     pub fn event(&self, e: StoreEvent) {
         self.events.lock().expect("events").push(e);
-    }
-
-    pub fn failed_expiry(&self) -> SystemTime {
-        ts(self.now.plus_ms(self.settings.keep_failed_ms))
     }
 
     /// Sends this transaction's events with NOTIFY; PostgreSQL delivers them

@@ -27,6 +27,8 @@ pub(crate) struct Patch {
     rate_limit: Option<Option<RateLimit>>,
     #[serde(default, deserialize_with = "present")]
     group_concurrency: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "present")]
+    timeout_ms: Option<Option<i64>>,
     paused: Option<bool>,
 }
 
@@ -46,6 +48,7 @@ pub(crate) async fn patch<S: Store>(
         concurrency: p.concurrency,
         rate_limit: p.rate_limit,
         group_concurrency: p.group_concurrency,
+        timeout_ms: p.timeout_ms,
     };
     Ok(axum::Json(app.store.queue_update(params).await?))
 }

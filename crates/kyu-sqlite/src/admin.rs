@@ -5,23 +5,23 @@ use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use crate::error::SqlResultExt;
-use crate::finish::{failed_expiry, fail_dependents};
+use crate::finish::{Finished, finish, settle_dependents};
 use crate::insert::ensure_queue;
 use crate::read::{State, job_must, queue_list};
 use crate::writer::Tx;
 
-fn seq_and_state(tx: &Tx<'_>, id: &JobId) -> Result<(i64, JobState), StoreError> {
+fn seq_and_state(tx: &Tx<'_>, id: &JobId) -> Result<(i64, JobState, Option<i64>), StoreError> {
     tx.conn
-        .prepare_cached("SELECT seq, state FROM kyu_jobs WHERE id = ?1")
+        .prepare_cached("SELECT seq, state, keep_failed_ms FROM kyu_jobs WHERE id = ?1")
         .db()?
-        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get::<_, State>(1)?.0)))
+        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get::<_, State>(1)?.0, r.get(2)?)))
         .optional()
         .db()?
         .ok_or_else(|| StoreError::job_not_found(id))
 }
 
 pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state) = seq_and_state(tx, id)?;
+    let (seq, state, keep_failed_ms) = seq_and_state(tx, id)?;
     match state {
         s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
         // Stored, not only signalled: the worker learns it at its next heartbeat.
@@ -33,16 +33,9 @@ pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
                 .db()?;
         }
         _ => {
-            tx.conn
-                .prepare_cached(
-                    "UPDATE kyu_jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?2, expires_at = ?3 \
-                     WHERE seq = ?1",
-                )
-                .db()?
-                .execute(params![seq, tx.now_str, failed_expiry(tx)])
-                .db()?;
-            tx.events.push(StoreEvent::JobFinished(id.clone()));
-            fail_dependents(tx, seq, id)?;
+            tx.conn.prepare_cached("UPDATE kyu_jobs SET cancel_requested = 1 WHERE seq = ?1").db()?.execute([seq]).db()?;
+            finish(tx, seq, id, JobState::Cancelled, None, keep_failed_ms)?;
+            settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }])?;
         }
     }
     job_must(tx.conn, id)
@@ -53,7 +46,7 @@ const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = ?1, finished_at
      cancel_requested = 0, token = NULL, lease_expires_at = NULL, pending_deps = 0";
 
 pub(crate) fn retry(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state) = seq_and_state(tx, id)?;
+    let (seq, state, _) = seq_and_state(tx, id)?;
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
@@ -105,13 +98,14 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
 }
 
 pub(crate) fn delete(tx: &mut Tx<'_>, id: &JobId) -> Result<(), StoreError> {
-    let (seq, state) = seq_and_state(tx, id)?;
+    let (seq, state, _) = seq_and_state(tx, id)?;
     if state == JobState::Running {
         return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
     }
     if !state.is_terminal() {
-        // Its dependents would otherwise wait forever.
-        fail_dependents(tx, seq, id)?;
+        // Its dependents would otherwise wait forever: to them it is as if
+        // it had been cancelled.
+        settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }])?;
     }
     remove(tx, seq)
 }
@@ -154,6 +148,9 @@ pub(crate) fn queue_update(tx: &mut Tx<'_>, p: QueueUpdateParams) -> Result<Queu
     }
     if let Some(g) = p.group_concurrency {
         tx.conn.execute("UPDATE kyu_queues SET group_concurrency = ?2 WHERE name = ?1", params![name, g]).db()?;
+    }
+    if let Some(t) = p.timeout_ms {
+        tx.conn.execute("UPDATE kyu_queues SET timeout_ms = ?2 WHERE name = ?1", params![name, t]).db()?;
     }
     if let Some(r) = p.rate_limit {
         tx.conn

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use kyu_core::{ClaimedJob, JobId, Millis, QueueName, new_token};
+use kyu_core::claim::{QueueLimits, RateWindow, plan_claim};
+use kyu_core::transition::deadline;
+use kyu_core::{ClaimedJob, JobId, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, StoreError};
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
@@ -15,24 +17,6 @@ use crate::error::SqlResultExt;
 use crate::finish::{next_run_at, promote_due};
 use crate::read::{Json, State, Ts};
 use crate::writer::Tx;
-
-struct Limits {
-    paused: bool,
-    concurrency: Option<i64>,
-    rate: Option<(i64, i64)>,
-    window_start: Option<Millis>,
-    window_count: i64,
-    group_concurrency: Option<i64>,
-    group_cursor: Option<String>,
-}
-
-/// What a queue may hand out now.
-struct Allowance {
-    n: usize,
-    window: Option<RateWindow>,
-    /// With `group_concurrency`: the cap per group and the round-robin cursor.
-    groups: Option<(i64, Option<String>)>,
-}
 
 type Row = ((i64, Millis, i64), ClaimedJob, Option<Vec<String>>);
 
@@ -48,15 +32,18 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
             continue;
         }
         seen.push(queue);
-        let Some(a) = allowance(tx, queue, p.max - jobs.len())? else { continue };
+        let Some((limits, queue_timeout)) = queue_limits(tx, queue)? else { continue };
+        let running = if limits.concurrency.is_some() { running_count(tx, queue)? } else { 0 };
+        let Some(a) = plan_claim(tx.now, p.max - jobs.len(), &limits, running) else { continue };
         let take = |tx: &Tx<'_>, filter: &str, group: Option<&str>, n: usize| take(tx, queue, filter, group, n, &token, &p.worker, &lease);
         let mut batch: Vec<Row> = Vec::new();
         match &a.groups {
             None => batch = take(tx, "", None, a.n)?,
             Some((cap, cursor)) => {
+                let cap = *cap;
                 let groups = group_heads(tx, queue)?;
                 let running = running_per_group(tx, queue)?;
-                let quotas = kyu_core::fairness::group_quotas(&groups, cursor.as_deref(), &running, *cap, a.n);
+                let quotas = kyu_core::claim::group_quotas(&groups, cursor.as_deref(), &running, cap, a.n);
                 let mut last = None;
                 for (group, n) in &quotas {
                     let got = take(tx, "AND group_key = ?6", Some(group), *n)?;
@@ -84,10 +71,26 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
         if a.groups.is_none() {
             batch.sort_by_key(|x| x.0);
         }
-        count_claims(tx, queue, a.window, batch.len())?;
-        for (_, mut job, deps) in batch {
+        if let Some(w) = a.window_after(batch.len()) {
+            tx.conn
+                .prepare_cached("UPDATE kyu_queues SET rate_window_start = ?2, rate_window_count = ?3 WHERE name = ?1")
+                .db()?
+                .execute(params![queue.as_str(), w.start.to_rfc3339(), w.used])
+                .db()?;
+        }
+        for (seq, (_, mut job, deps)) in batch.into_iter().map(|b| ((b.0).2, b)) {
             if let Some(deps) = deps {
                 job.dependency_results = dependency_results(tx, &deps)?;
+            }
+            // The queue's default time limit applies to jobs without their
+            // own; the store enforces it through the job's deadline.
+            job.timeout_ms = job.timeout_ms.or(queue_timeout);
+            if let Some(deadline) = deadline(tx.now, job.timeout_ms, tx.opts.timeout_grace_ms) {
+                tx.conn
+                    .prepare_cached("UPDATE kyu_jobs SET deadline_at = ?2 WHERE seq = ?1")
+                    .db()?
+                    .execute(params![seq, deadline.to_rfc3339()])
+                    .db()?;
             }
             jobs.push(job);
         }
@@ -186,76 +189,42 @@ fn running_per_group(tx: &Tx<'_>, queue: &QueueName) -> Result<std::collections:
     rows.collect::<Result<_, _>>().db()
 }
 
-/// How many jobs `queue` may hand out now, at most `want` (`None` if none).
-/// Limits are read inside the claim's transaction, so they hold across every
-/// process sharing the file. The rate limit is a fixed window.
-fn allowance(tx: &Tx<'_>, queue: &QueueName, want: usize) -> Result<Option<Allowance>, StoreError> {
-    let limits = tx
-        .conn
+/// The queue's limits and limiter state, read inside the claim's
+/// transaction so they hold across every process sharing the file; `None`
+/// for a queue that was never created. Also its default time limit.
+fn queue_limits(tx: &Tx<'_>, queue: &QueueName) -> Result<Option<(QueueLimits, Option<i64>)>, StoreError> {
+    tx.conn
         .prepare_cached(
             "SELECT paused, concurrency, rate_max, rate_per_ms, rate_window_start, rate_window_count, \
-               group_concurrency, group_cursor FROM kyu_queues WHERE name = ?1",
+               group_concurrency, group_cursor, timeout_ms FROM kyu_queues WHERE name = ?1",
         )
         .db()?
         .query_row([queue.as_str()], |r| {
             let rate = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
-                (Some(m), Some(p)) => Some((m, p)),
+                (Some(max), Some(per_ms)) => Some(RateLimit { max, per_ms }),
                 _ => None,
             };
-            Ok(Limits {
+            let used: i64 = r.get(5)?;
+            let limits = QueueLimits {
                 paused: r.get(0)?,
                 concurrency: r.get(1)?,
                 rate,
-                window_start: r.get::<_, Option<Ts>>(4)?.map(|t| t.0),
-                window_count: r.get(5)?,
+                window: r.get::<_, Option<Ts>>(4)?.map(|t| RateWindow { start: t.0, used }),
                 group_concurrency: r.get(6)?,
                 group_cursor: r.get(7)?,
-            })
+            };
+            Ok((limits, r.get(8)?))
         })
         .optional()
-        .db()?;
-    let Some(l) = limits else { return Ok(None) };
-    if l.paused {
-        return Ok(None);
-    }
-    let mut allowed = want as i64;
-    if let Some(max_running) = l.concurrency {
-        let running: i64 = tx
-            .conn
-            .prepare_cached("SELECT count(*) FROM kyu_jobs WHERE queue = ?1 AND state = 'running'")
-            .db()?
-            .query_row([queue.as_str()], |r| r.get(0))
-            .db()?;
-        allowed = allowed.min(max_running - running);
-    }
-    let mut window = None;
-    if let Some((max, per_ms)) = l.rate {
-        let current = match l.window_start {
-            Some(start) if tx.now < start.plus_ms(per_ms) => (start, l.window_count),
-            _ => (tx.now, 0),
-        };
-        allowed = allowed.min(max - current.1);
-        window = Some(current);
-    }
-    let groups = l.group_concurrency.map(|cap| (cap, l.group_cursor));
-    Ok((allowed > 0).then_some(Allowance { n: allowed as usize, window, groups }))
+        .db()
 }
 
-/// A rate-limited queue's current window: when it opened, claims so far.
-type RateWindow = (Millis, i64);
-
-/// Records `n` more claims in the queue's current rate window.
-fn count_claims(tx: &Tx<'_>, queue: &QueueName, window: Option<RateWindow>, n: usize) -> Result<(), StoreError> {
-    let Some((start, used)) = window else { return Ok(()) };
-    if n == 0 {
-        return Ok(());
-    }
+fn running_count(tx: &Tx<'_>, queue: &QueueName) -> Result<i64, StoreError> {
     tx.conn
-        .prepare_cached("UPDATE kyu_queues SET rate_window_start = ?2, rate_window_count = ?3 WHERE name = ?1")
+        .prepare_cached("SELECT count(*) FROM kyu_jobs WHERE queue = ?1 AND state = 'running'")
         .db()?
-        .execute(params![queue.as_str(), start.to_rfc3339(), used + n as i64])
-        .db()?;
-    Ok(())
+        .query_row([queue.as_str()], |r| r.get(0))
+        .db()
 }
 
 /// What each dependency left: its result if it completed, else its state and

@@ -1,258 +1,270 @@
-//! How attempts end: reports, heartbeats, saves, lease expiry, and what a
-//! finished job means for the jobs that depend on it.
+//! How attempts end: reports, heartbeats, saves, lost jobs, and what a
+//! finished job means for the jobs that depend on it. Each decision is
+//! kyu-core's ([`plan_report`], [`plan_lost`], [`dependency`]); this file
+//! reads the rows those decisions need and writes what they answer.
 
-use kyu_core::transition::{AfterFailure, Failure, after_failure, runnable_state};
-use kyu_core::{Backoff, JobId, JobState, QueueName};
-use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Outcome, Report, RescueCounts, StoreError, StoreEvent};
+use std::collections::HashMap;
+
+use kyu_core::dependency::{Dependency, broken_message, dependency, released_state};
+use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
+use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
+use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::SqlResultExt;
 use crate::read::{Json, State, Ts};
 use crate::writer::Tx;
 
-/// The parts of a job a report needs, read once by id.
+/// The parts of a running job its end needs, read once by id.
 pub(crate) struct Held {
     pub seq: i64,
     pub id: JobId,
     pub queue: String,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub backoff: Backoff,
-    pub cancel_requested: bool,
+    pub attempt: Attempt,
     pub keep_result_ms: Option<i64>,
+    pub keep_failed_ms: Option<i64>,
     pub has_dependents: bool,
 }
 
-const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_result_ms, has_dependents";
+const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_result_ms, \
+     keep_failed_ms, has_dependents";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
         seq: r.get(0)?,
         id: JobId::new(r.get::<_, String>(1)?).map_err(rusqlite::Error::InvalidColumnName)?,
         queue: r.get(2)?,
-        attempt: r.get(3)?,
-        max_attempts: r.get(4)?,
-        backoff: r.get::<_, Json<Backoff>>(5)?.0,
-        cancel_requested: r.get(6)?,
+        attempt: Attempt {
+            attempt: r.get(3)?,
+            max_attempts: r.get(4)?,
+            backoff: r.get::<_, Json<Backoff>>(5)?.0,
+            cancel_requested: r.get(6)?,
+        },
         keep_result_ms: r.get(7)?,
-        has_dependents: r.get(8)?,
+        keep_failed_ms: r.get(8)?,
+        has_dependents: r.get(9)?,
     })
 }
 
-/// The running job `id` if `token` holds it, or the error that says why not.
+/// The running job `id` if `token` holds it, or the refusal that says why not.
 pub(crate) fn held(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Held, StoreError> {
     let sql = format!("SELECT {HELD_COLUMNS}, state, token FROM kyu_jobs WHERE id = ?1");
     let row = tx
         .conn
         .prepare_cached(&sql)
         .db()?
-        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(9)?.0, r.get::<_, Option<String>>(10)?)))
+        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(10)?.0, r.get::<_, Option<String>>(11)?)))
         .optional()
         .db()?;
     let (held, state, current) = row.ok_or_else(|| StoreError::job_not_found(id))?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict(format!("job `{id}` is already {state}")));
-    }
-    if state != JobState::Running || current.as_deref() != Some(token) {
-        return Err(StoreError::Conflict(format!(
-            "stale token: job `{id}` is no longer held by this claim (it is {state} now; its lease expired or it was released)"
-        )));
-    }
+    check_token(state, current.as_deref(), token).map_err(|why| StoreError::refused(id, why))?;
     Ok(held)
 }
 
-/// Applies a batch of reports. Completed jobs' dependents are released once
-/// for the whole batch (a parent with 10,000 children is updated once per
-/// batch, not once per child), in this same transaction.
+/// Applies a batch of reports, each in a savepoint of its own so a refused
+/// or failing one writes nothing and never holds back the others. Completed
+/// jobs' dependents are settled once for the whole batch (a parent with
+/// 10,000 children is updated once per batch, not once per child).
 pub(crate) fn report_many(tx: &mut Tx<'_>, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
     let mut completed = Vec::new();
-    let out = reports.into_iter().map(|r| report(tx, r, &mut completed)).collect();
+    let alone = reports.len() == 1;
+    let mut out = Vec::with_capacity(reports.len());
+    for r in reports {
+        let answer = if alone {
+            report(tx, r, &mut completed)
+        } else {
+            savepoint(tx, "report")?;
+            let answer = report(tx, r, &mut completed);
+            end_savepoint(tx, "report", answer.is_ok())?;
+            answer
+        };
+        out.push(answer);
+    }
     // An error here fails the whole operation, which rolls it all back.
-    release_completed(tx, &completed)?;
+    settle_dependents(tx, completed)?;
     Ok(out)
 }
 
-/// Waiting jobs whose dependencies among `seqs` just completed: one fewer
-/// pending each (per completed dependency), released at zero.
-fn release_completed(tx: &mut Tx<'_>, seqs: &[i64]) -> Result<(), StoreError> {
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    let list = serde_json::to_string(seqs).expect("seqs");
-    let mut stmt = tx
-        .conn
-        .prepare_cached(
-            "UPDATE kyu_jobs SET pending_deps = pending_deps - c.n, \
-               state = CASE WHEN pending_deps = c.n THEN CASE WHEN run_at <= ?2 THEN 'queued' ELSE 'scheduled' END \
-                       ELSE state END \
-             FROM (SELECT job_seq, count(*) AS n FROM kyu_job_deps \
-                   WHERE dep_seq IN (SELECT value FROM json_each(?1)) GROUP BY job_seq) AS c \
-             WHERE kyu_jobs.seq = c.job_seq AND kyu_jobs.state = 'waiting' \
-             RETURNING queue, state",
-        )
-        .db()?;
-    let rows = stmt.query_map(params![list, tx.now_str], |r| Ok((r.get::<_, String>(0)?, r.get::<_, State>(1)?.0))).db()?;
-    for row in rows {
-        let (queue, state) = row.db()?;
-        if state != JobState::Waiting {
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(&queue)));
-        }
-    }
+pub(crate) fn savepoint(tx: &Tx<'_>, name: &str) -> Result<(), StoreError> {
+    tx.conn.prepare_cached(&format!("SAVEPOINT {name}")).db()?.execute([]).db()?;
     Ok(())
 }
 
-fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<i64>) -> Result<JobState, StoreError> {
-    let h = held(tx, &r.id, &r.token)?;
-    match r.outcome {
-        Outcome::Complete { result } => {
-            let keep = h.keep_result_ms.unwrap_or(tx.opts.keep_result_ms);
-            let result = serde_json::to_string(&result).map_err(|e| StoreError::Backend(e.into()))?;
-            tx.conn
-                .prepare_cached(
-                    "UPDATE kyu_jobs SET state = 'completed', result = ?2, finished_at = ?3, expires_at = ?4, \
-                     lease_expires_at = NULL, token = NULL WHERE seq = ?1",
-                )
-                .db()?
-                .execute(params![h.seq, result, tx.now_str, tx.now.plus_ms(keep).to_rfc3339()])
-                .db()?;
-            if h.has_dependents {
-                completed.push(h.seq);
-            }
-            tx.events.push(StoreEvent::JobFinished(h.id));
-            Ok(JobState::Completed)
-        }
-        Outcome::Fail { error, failure } => {
-            let next = after_failure(tx.now, h.attempt, h.max_attempts, &h.backoff, h.cancel_requested, &failure);
-            end_attempt(tx, &h, next, Some(&error))
-        }
-        Outcome::Snooze { delay_ms } => {
-            if h.cancel_requested {
-                return end_attempt(tx, &h, AfterFailure::Final(JobState::Cancelled), None);
-            }
-            let run_at = tx.now.plus_ms(delay_ms.max(0));
-            let state = runnable_state(tx.now, run_at);
-            tx.conn
-                .prepare_cached(
-                    "UPDATE kyu_jobs SET state = ?2, run_at = ?3, attempt = attempt - 1, lease_expires_at = NULL, \
-                     token = NULL WHERE seq = ?1",
-                )
-                .db()?
-                .execute(params![h.seq, state.as_str(), run_at.to_rfc3339()])
-                .db()?;
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
-            Ok(state)
-        }
+pub(crate) fn end_savepoint(tx: &Tx<'_>, name: &str, keep: bool) -> Result<(), StoreError> {
+    if !keep {
+        tx.conn.prepare_cached(&format!("ROLLBACK TO {name}")).db()?.execute([]).db()?;
     }
+    tx.conn.prepare_cached(&format!("RELEASE {name}")).db()?.execute([]).db()?;
+    Ok(())
 }
 
-/// Ends a failed attempt: back to the queue for a retry, or terminal.
-/// `error` is recorded in the job's `errors` (a cancel records none).
-pub(crate) fn end_attempt(
-    tx: &mut Tx<'_>,
-    h: &Held,
-    next: AfterFailure,
-    error: Option<&str>,
-) -> Result<JobState, StoreError> {
-    match next {
-        AfterFailure::Retry { run_at } => {
-            let state = runnable_state(tx.now, run_at);
+fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<Finished>) -> Result<JobState, StoreError> {
+    r.outcome.check()?;
+    let h = held(tx, &r.id, &r.token)?;
+    let step = plan_report(tx.now, &h.attempt, &r.outcome);
+    if let Outcome::Complete { result } = r.outcome {
+        let expires = tx.opts.retention.expires_at(JobState::Completed, tx.now, h.keep_result_ms, h.keep_failed_ms);
+        let result = serde_json::to_string(&result).map_err(|e| StoreError::Backend(e.into()))?;
+        tx.conn
+            .prepare_cached(
+                "UPDATE kyu_jobs SET state = 'completed', result = ?2, finished_at = ?3, expires_at = ?4, \
+                 lease_expires_at = NULL, deadline_at = NULL, token = NULL WHERE seq = ?1",
+            )
+            .db()?
+            .execute(params![h.seq, result, tx.now_str, expires.to_rfc3339()])
+            .db()?;
+        tx.events.push(StoreEvent::JobFinished(h.id.clone()));
+        if h.has_dependents {
+            completed.push(Finished { seq: h.seq, id: h.id, state: JobState::Completed });
+        }
+        return Ok(JobState::Completed);
+    }
+    apply(tx, &h, step)
+}
+
+/// A job that reached a terminal state, for its dependents to learn of.
+pub(crate) struct Finished {
+    pub seq: i64,
+    pub id: JobId,
+    pub state: JobState,
+}
+
+/// Writes a non-completion [`Step`] on a held job: back to the queue, or
+/// terminal (and then its dependents learn of it).
+pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step) -> Result<JobState, StoreError> {
+    match step {
+        Step::Complete => unreachable!("completions carry a result and are written by `report`"),
+        Step::Requeue { state, run_at, error, give_back_attempt } => {
             tx.conn
                 .prepare_cached(
-                    "UPDATE kyu_jobs SET state = ?2, run_at = ?3, lease_expires_at = NULL, token = NULL, \
+                    "UPDATE kyu_jobs SET state = ?2, run_at = ?3, attempt = attempt - ?6, lease_expires_at = NULL, \
+                     deadline_at = NULL, token = NULL, \
                      errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
                        json_object('attempt', attempt, 'at', ?4, 'message', ?5)) END \
                      WHERE seq = ?1",
                 )
                 .db()?
-                .execute(params![h.seq, state.as_str(), run_at.to_rfc3339(), tx.now_str, error])
+                .execute(params![h.seq, state.as_str(), run_at.to_rfc3339(), tx.now_str, error, i32::from(give_back_attempt)])
                 .db()?;
             tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
-        AfterFailure::Final(state) => {
-            tx.conn
-                .prepare_cached(
-                    "UPDATE kyu_jobs SET state = ?2, finished_at = ?3, expires_at = ?4, lease_expires_at = NULL, \
-                     token = NULL, errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
-                       json_object('attempt', attempt, 'at', ?3, 'message', ?5)) END \
-                     WHERE seq = ?1",
-                )
-                .db()?
-                .execute(params![h.seq, state.as_str(), tx.now_str, failed_expiry(tx), error])
-                .db()?;
-            tx.events.push(StoreEvent::JobFinished(h.id.clone()));
+        Step::Finish { state, error } => {
+            finish(tx, h.seq, &h.id, state, error.as_deref(), h.keep_failed_ms)?;
             if h.has_dependents {
-                fail_dependents(tx, h.seq, &h.id)?;
+                settle_dependents(tx, vec![Finished { seq: h.seq, id: h.id.clone(), state }])?;
             }
             Ok(state)
         }
     }
 }
 
-pub(crate) fn failed_expiry(tx: &Tx<'_>) -> String {
-    tx.now.plus_ms(tx.opts.keep_failed_ms).to_rfc3339()
+/// Ends job `seq` in a failed or cancelled `state`, recording `error`.
+pub(crate) fn finish(
+    tx: &mut Tx<'_>,
+    seq: i64,
+    id: &JobId,
+    state: JobState,
+    error: Option<&str>,
+    keep_failed_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let expires = tx.opts.retention.expires_at(state, tx.now, None, keep_failed_ms);
+    tx.conn
+        .prepare_cached(
+            "UPDATE kyu_jobs SET state = ?2, finished_at = ?3, expires_at = ?4, lease_expires_at = NULL, \
+             deadline_at = NULL, token = NULL, errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
+               json_object('attempt', attempt, 'at', ?3, 'message', ?5)) END \
+             WHERE seq = ?1",
+        )
+        .db()?
+        .execute(params![seq, state.as_str(), tx.now_str, expires.to_rfc3339(), error])
+        .db()?;
+    tx.events.push(StoreEvent::JobFinished(id.clone()));
+    Ok(())
 }
 
-fn queue_name(q: &str) -> QueueName {
+pub(crate) fn queue_name(q: &str) -> QueueName {
     // Stored names were validated on the way in.
     QueueName::new(q).unwrap_or_default()
 }
 
-/// Job `dep_seq` completed (or failed, for dependents that continue on
-/// failure): each waiting dependent has one fewer pending dependency, and
-/// the last one moves it to `queued` (or `scheduled` if its run_at is ahead),
-/// in this same transaction.
-fn release_dependents(tx: &mut Tx<'_>, dep_seq: i64, only_continuing: bool) -> Result<(), StoreError> {
-    let mut stmt = tx
-        .conn
-        .prepare_cached(
-            "UPDATE kyu_jobs SET pending_deps = pending_deps - 1, \
-               state = CASE WHEN pending_deps = 1 THEN CASE WHEN run_at <= ?2 THEN 'queued' ELSE 'scheduled' END \
-                       ELSE state END \
-             WHERE state = 'waiting' AND (?3 = 0 OR continue_on_failure = 1) \
-               AND seq IN (SELECT job_seq FROM kyu_job_deps WHERE dep_seq = ?1) \
-             RETURNING queue, state",
-        )
-        .db()?;
-    let rows = stmt
-        .query_map(params![dep_seq, tx.now_str, only_continuing], |r| Ok((r.get::<_, String>(0)?, r.get::<_, State>(1)?.0)))
-        .db()?;
-    for row in rows {
-        let (queue, state) = row.db()?;
-        if state == JobState::Queued {
-            tx.events.push(StoreEvent::JobsAvailable(queue_name(&queue)));
-        }
-    }
-    Ok(())
+/// One waiting dependent of a finished job, as read for [`settle_dependents`].
+struct Dependent {
+    seq: i64,
+    id: JobId,
+    queue: String,
+    run_at: Millis,
+    pending: i64,
+    continue_on_failure: bool,
+    keep_failed_ms: Option<i64>,
+    /// The finished dependencies it learns of now.
+    deps: Vec<i64>,
 }
 
-/// Job `seq` ended failed or cancelled. Dependents that continue on failure
-/// are released as if it had completed; the others fail, naming it, and so
-/// on down the tree.
-pub(crate) fn fail_dependents(tx: &mut Tx<'_>, seq: i64, id: &JobId) -> Result<(), StoreError> {
-    let expiry = failed_expiry(tx);
-    let mut work = vec![(seq, id.clone())];
-    while let Some((seq, id)) = work.pop() {
-        release_dependents(tx, seq, true)?;
-        let message = format!("dependency `{id}` did not complete");
-        let mut stmt = tx
-            .conn
-            .prepare_cached(
-                "UPDATE kyu_jobs SET state = 'failed', finished_at = ?2, expires_at = ?3, \
-                   errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', ?2, 'message', ?4)) \
-                 WHERE state = 'waiting' AND continue_on_failure = 0 \
-                   AND seq IN (SELECT job_seq FROM kyu_job_deps WHERE dep_seq = ?1) \
-                 RETURNING seq, id",
-            )
-            .db()?;
-        let rows = stmt
-            .query_map(params![seq, tx.now_str, expiry, message], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .db()?;
-        for row in rows {
-            let (seq, id) = row.db()?;
-            let id = JobId::new(id).map_err(|e| StoreError::Backend(e.into()))?;
-            tx.events.push(StoreEvent::JobFinished(id.clone()));
-            work.push((seq, id));
+/// Jobs that reached a terminal state: each waiting dependent counts the
+/// ones that satisfy it ([`dependency`]) and is released when none is left
+/// pending, or fails, naming a broken one, and its own dependents learn that
+/// in turn, down the tree. All in the caller's transaction.
+pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) -> Result<(), StoreError> {
+    while !finished.is_empty() {
+        let by_seq: HashMap<i64, (JobId, JobState)> = finished.drain(..).map(|f| (f.seq, (f.id, f.state))).collect();
+        let seqs = serde_json::to_string(&by_seq.keys().collect::<Vec<_>>()).expect("seqs");
+        let mut dependents: Vec<Dependent> = Vec::new();
+        {
+            let mut stmt = tx
+                .conn
+                .prepare_cached(
+                    "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, \
+                       j.keep_failed_ms \
+                     FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
+                     WHERE d.dep_seq IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' ORDER BY j.seq",
+                )
+                .db()?;
+            let mut rows = stmt.query([seqs]).db()?;
+            while let Some(r) = rows.next().db()? {
+                let dep: i64 = r.get(0).db()?;
+                let seq: i64 = r.get(1).db()?;
+                match dependents.last_mut() {
+                    Some(d) if d.seq == seq => d.deps.push(dep),
+                    _ => dependents.push(Dependent {
+                        seq,
+                        id: JobId::new(r.get::<_, String>(2).db()?).map_err(|e| StoreError::Backend(e.into()))?,
+                        queue: r.get(3).db()?,
+                        run_at: r.get::<_, Ts>(4).db()?.0,
+                        pending: r.get(5).db()?,
+                        continue_on_failure: r.get(6).db()?,
+                        keep_failed_ms: r.get(7).db()?,
+                        deps: vec![dep],
+                    }),
+                }
+            }
+        }
+        for d in dependents {
+            let mut satisfied = 0i64;
+            let mut broken: Option<&JobId> = None;
+            for dep in &d.deps {
+                let (dep_id, dep_state) = &by_seq[dep];
+                match dependency(*dep_state, d.continue_on_failure) {
+                    Dependency::Satisfied => satisfied += 1,
+                    Dependency::Broken => broken = broken.or(Some(dep_id)),
+                    Dependency::Pending => {}
+                }
+            }
+            if let Some(dep) = broken {
+                finish(tx, d.seq, &d.id, JobState::Failed, Some(&broken_message(dep)), d.keep_failed_ms)?;
+                finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
+                continue;
+            }
+            let left = d.pending - satisfied;
+            let state = if left <= 0 { released_state(tx.now, d.run_at) } else { JobState::Waiting };
+            tx.conn
+                .prepare_cached("UPDATE kyu_jobs SET pending_deps = ?2, state = ?3 WHERE seq = ?1")
+                .db()?
+                .execute(params![d.seq, left.max(0), state.as_str()])
+                .db()?;
+            if wakes_workers(state) {
+                tx.events.push(StoreEvent::JobsAvailable(queue_name(&d.queue)));
+            }
         }
     }
     Ok(())
@@ -283,6 +295,12 @@ pub(crate) fn heartbeat_many(tx: &mut Tx<'_>, p: JobHeartbeatParams) -> Vec<Resu
 }
 
 pub(crate) fn save(tx: &mut Tx<'_>, p: JobSaveParams) -> Result<(), StoreError> {
+    if let Some(c) = &p.checkpoint {
+        kyu_core::validate::no_nul("checkpoint", c)?;
+    }
+    if let Some(pr) = &p.progress {
+        kyu_core::validate::no_nul("progress", pr)?;
+    }
     let json = |v: Option<serde_json::Value>| v.map(|v| v.to_string());
     let n = tx
         .conn
@@ -299,39 +317,42 @@ pub(crate) fn save(tx: &mut Tx<'_>, p: JobSaveParams) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Expired leases end like failed attempts ("lease expired"); due scheduled
-/// jobs become queued.
+/// Running jobs whose lease ran out or which passed their deadline end as
+/// failed attempts ([`plan_lost`]); due scheduled jobs become queued.
 pub(crate) fn rescue(tx: &mut Tx<'_>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
-        "SELECT {HELD_COLUMNS} FROM kyu_jobs WHERE state = 'running' AND lease_expires_at < ?1 \
-         ORDER BY lease_expires_at LIMIT 1000"
+        "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
+         WHERE state = 'running' AND (lease_expires_at < ?1 OR deadline_at < ?1) \
+         ORDER BY lease_expires_at LIMIT {}",
+        kyu_core::transition::MAINTENANCE_BATCH
     );
-    let expired: Vec<Held> = tx
+    let candidates: Vec<(Held, Millis, Option<Millis>)> = tx
         .conn
         .prepare_cached(&sql)
         .db()?
-        .query_map([&tx.now_str], held_from_row)
+        .query_map([&tx.now_str], |r| Ok((held_from_row(r)?, r.get::<_, Ts>(10)?.0, r.get::<_, Option<Ts>>(11)?.map(|t| t.0))))
         .db()?
         .collect::<Result<_, _>>()
         .db()?;
-    let retry = Failure { retry: true, retry_in_ms: None };
-    for h in &expired {
-        let next = after_failure(tx.now, h.attempt, h.max_attempts, &h.backoff, h.cancel_requested, &retry);
-        let error = if h.cancel_requested { None } else { Some("lease expired") };
-        end_attempt(tx, h, next, error)?;
+    let mut expired = 0;
+    for (h, lease, deadline) in &candidates {
+        let Some(why) = lost(tx.now, *lease, *deadline) else { continue };
+        let step = plan_lost(tx.now, &h.attempt, why);
+        apply(tx, h, step)?;
+        expired += 1;
     }
     let promoted = promote_due(tx)?;
-    Ok(RescueCounts { expired: expired.len() as u64, promoted })
+    Ok(RescueCounts { expired, promoted })
 }
 
-/// Scheduled jobs whose time has come become queued.
+/// Scheduled jobs whose time has come become queued, a bounded batch at a time.
 pub(crate) fn promote_due(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
-    let mut stmt = tx
-        .conn
-        .prepare_cached(
-            "UPDATE kyu_jobs SET state = 'queued' WHERE state = 'scheduled' AND run_at <= ?1 RETURNING queue",
-        )
-        .db()?;
+    let sql = format!(
+        "UPDATE kyu_jobs SET state = 'queued' WHERE seq IN (SELECT seq FROM kyu_jobs \
+         WHERE state = 'scheduled' AND run_at <= ?1 ORDER BY run_at LIMIT {}) RETURNING queue",
+        kyu_core::transition::MAINTENANCE_BATCH
+    );
+    let mut stmt = tx.conn.prepare_cached(&sql).db()?;
     let queues: Vec<String> = stmt.query_map([&tx.now_str], |r| r.get(0)).db()?.collect::<Result<_, _>>().db()?;
     let n = queues.len() as u64;
     for q in queues {
@@ -341,8 +362,8 @@ pub(crate) fn promote_due(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
 }
 
 /// The earliest `run_at` among scheduled jobs of these queues.
-pub(crate) fn next_run_at(tx: &Tx<'_>, queues: &[QueueName]) -> Result<Option<kyu_core::Millis>, StoreError> {
-    let mut best: Option<kyu_core::Millis> = None;
+pub(crate) fn next_run_at(tx: &Tx<'_>, queues: &[QueueName]) -> Result<Option<Millis>, StoreError> {
+    let mut best: Option<Millis> = None;
     for q in queues {
         let t: Option<Ts> = tx
             .conn

@@ -1,12 +1,12 @@
 //! Enqueue: one transaction for a whole batch.
 
-use kyu_core::transition::{Dependency, dependency};
-use kyu_core::{Backoff, ErrorEntry, JobId, JobState, NewJob, ValidationError};
+use kyu_core::dependency::plan_insert;
+use kyu_core::transition::wakes_workers;
+use kyu_core::{Backoff, JobId, JobState, NewJob};
 use kyu_store::{Inserted, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::SqlResultExt;
-use crate::finish::failed_expiry;
 use crate::read::State;
 use crate::writer::Tx;
 
@@ -60,30 +60,25 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
 
     // Dependencies must exist already (or earlier in this batch, which is
     // the same transaction), so a cycle can never be formed.
-    let mut pending: Vec<i64> = Vec::new();
-    let mut failed_dep: Option<&JobId> = None;
-    for (i, dep) in job.depends_on.iter().enumerate() {
-        let found = existing(tx, "SELECT seq, id, state FROM kyu_jobs WHERE id = ?1 AND ?2 IS NOT NULL", dep.as_str())?;
-        match found {
-            None => {
-                return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{dep}`")).into());
-            }
-            Some((seq, _, state)) => match dependency(state, job.continue_on_failure) {
-                Dependency::Satisfied => {}
-                Dependency::Broken => failed_dep = failed_dep.or(Some(dep)),
-                Dependency::Pending => pending.push(seq),
-            },
-        }
+    let mut found: Vec<Option<(i64, JobState)>> = Vec::with_capacity(job.depends_on.len());
+    for dep in &job.depends_on {
+        let row = existing(tx, "SELECT seq, id, state FROM kyu_jobs WHERE id = ?1 AND ?2 IS NOT NULL", dep.as_str())?;
+        found.push(row.map(|(seq, _, state)| (seq, state)));
     }
-
-    let (state, errors, finished, expires) = if let Some(dep) = failed_dep {
-        let entry = ErrorEntry { attempt: 0, at: tx.now, message: format!("dependency `{dep}` did not complete") };
-        let errors = serde_json::to_string(&[entry]).expect("errors serialise");
-        (JobState::Failed, errors, Some(tx.now_str.clone()), Some(failed_expiry(tx)))
-    } else if !pending.is_empty() {
-        (JobState::Waiting, "[]".to_owned(), None, None)
+    let states: Vec<(&JobId, Option<JobState>)> =
+        job.depends_on.iter().zip(&found).map(|(id, f)| (id, f.map(|(_, s)| s))).collect();
+    let plan = plan_insert(tx.now, job.run_at, job.continue_on_failure, &states)?;
+    let pending: Vec<i64> = plan.pending.iter().map(|&i| found[i].expect("pending dependencies exist").0).collect();
+    let state = plan.state;
+    let errors = match &plan.error {
+        Some(entry) => serde_json::to_string(&[entry]).expect("errors serialise"),
+        None => "[]".to_owned(),
+    };
+    let (finished, expires) = if state.is_terminal() {
+        let expires = tx.opts.retention.expires_at(state, tx.now, job.keep_result_ms, job.keep_failed_ms);
+        (Some(tx.now_str.clone()), Some(expires.to_rfc3339()))
     } else {
-        (kyu_core::transition::runnable_state(tx.now, job.run_at), "[]".to_owned(), None, None)
+        (None, None)
     };
 
     let backoff = if job.backoff == Backoff::default() {
@@ -99,9 +94,9 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
         .prepare_cached(
             "INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, \
                timeout_ms, unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, \
-               keep_result_ms, errors, tags, group_key, created_at, finished_at, expires_at) \
+               keep_result_ms, errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-               ?22, ?23) \
+               ?22, ?23, ?24) \
              ON CONFLICT (id) DO NOTHING RETURNING seq",
         )
         .db()?
@@ -130,6 +125,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
                 tx.now_str,
                 finished,
                 expires,
+                job.keep_failed_ms,
             ],
             |r| r.get(0),
         )
@@ -141,7 +137,19 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
             .ok_or_else(|| StoreError::Backend("duplicate id vanished inside its transaction".into()))?;
         return Ok(Inserted { id, state, duplicate: true });
     };
-    for dep_seq in pending {
+    link_dependencies(tx, seq, &pending)?;
+    if wakes_workers(state) {
+        tx.events.push(StoreEvent::JobsAvailable(job.queue));
+    } else if state.is_terminal() {
+        tx.events.push(StoreEvent::JobFinished(job.id.clone()));
+    }
+    Ok(Inserted { id: job.id, state, duplicate: false })
+}
+
+/// Records that job `seq` waits for each of `deps`, and marks them as
+/// having dependents (so finishing them looks for waiters).
+pub(crate) fn link_dependencies(tx: &Tx<'_>, seq: i64, deps: &[i64]) -> Result<(), StoreError> {
+    for &dep_seq in deps {
         tx.conn
             .prepare_cached("INSERT INTO kyu_job_deps (dep_seq, job_seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .db()?
@@ -153,10 +161,5 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
             .execute([dep_seq])
             .db()?;
     }
-    match state {
-        JobState::Queued | JobState::Scheduled => tx.events.push(StoreEvent::JobsAvailable(job.queue)),
-        JobState::Failed => tx.events.push(StoreEvent::JobFinished(job.id.clone())),
-        _ => {}
-    }
-    Ok(Inserted { id: job.id, state, duplicate: false })
+    Ok(())
 }

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kyu_core::transition::Retention;
 use kyu_core::{Clock, Job, JobId, QueueInfo};
 use kyu_store::*;
 use rusqlite::{Connection, OpenFlags};
@@ -48,10 +49,11 @@ use crate::writer::Writer;
 pub struct SqliteOptions {
     /// Where "now" comes from.
     pub clock: Clock,
-    /// How long a completed job is kept unless it says otherwise.
-    pub keep_result_ms: i64,
-    /// How long failed and cancelled jobs are kept.
-    pub keep_failed_ms: i64,
+    /// How long finished jobs are kept unless they say otherwise.
+    pub retention: Retention,
+    /// How long past its time limit a job may run before the store takes it
+    /// back ("timeout"), heartbeats or not (the server's `--kill-grace`).
+    pub timeout_grace_ms: i64,
     /// How long to wait for another process's write lock before giving up.
     pub busy_timeout: Duration,
     /// `FULL` (default) makes each commit durable; `NORMAL` trades the last
@@ -72,8 +74,8 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             clock: Clock::system(),
-            keep_result_ms: 24 * 3_600_000,
-            keep_failed_ms: 7 * 24 * 3_600_000,
+            retention: Retention::default(),
+            timeout_grace_ms: 10_000,
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::Full,
         }

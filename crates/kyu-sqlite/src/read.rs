@@ -15,7 +15,7 @@ use crate::error::SqlResultExt;
 pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
      max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, pending_deps, continue_on_failure, \
      result, keep_result_ms, errors, progress, tags, group_key, cancel_requested, created_at, started_at, \
-     finished_at, lease_expires_at, worker";
+     finished_at, lease_expires_at, worker, keep_failed_ms";
 
 /// JSON text in a column, decoded.
 pub(crate) struct Json<T>(pub T);
@@ -85,6 +85,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         finished_at: opt::<Ts>(row, 26)?.map(|t| t.0),
         lease_expires_at: opt::<Ts>(row, 27)?.map(|t| t.0),
         worker: row.get(28)?,
+        keep_failed_ms: row.get(29)?,
         duplicate: false,
     })
 }
@@ -146,8 +147,10 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
         args.push(seq.into());
     }
     let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
-    // `seq` comes last so the job columns keep the indexes job_from_row expects.
-    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT {}", limit + 1);
+    // `seq` comes last so the job columns keep the indexes job_from_row
+    // expects. The page size is bound, so one cached statement serves all sizes.
+    args.push(((limit + 1) as i64).into());
+    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT ?");
     let mut stmt = conn.prepare_cached(&sql).db()?;
     let mut rows = stmt.query(params_from_iter(args)).db()?;
     let mut jobs = Vec::with_capacity(limit);
@@ -158,7 +161,7 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
             more = true;
             break;
         }
-        last_seq = row.get(29).db()?;
+        last_seq = row.get(30).db()?;
         jobs.push(job_from_row(row).db()?);
     }
     Ok(JobPage { jobs, next_cursor: more.then(|| last_seq.to_string()) })
@@ -166,7 +169,7 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
 
 pub(crate) fn queue_list(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>, StoreError> {
     let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
-    let sql = "SELECT name, paused, concurrency, rate_max, rate_per_ms, group_concurrency FROM kyu_queues \
+    let sql = "SELECT name, paused, concurrency, rate_max, rate_per_ms, group_concurrency, timeout_ms FROM kyu_queues \
                WHERE ?1 IS NULL OR name = ?1";
     let mut stmt = conn.prepare_cached(sql).db()?;
     let rows = stmt
@@ -182,6 +185,7 @@ pub(crate) fn queue_list(conn: &Connection, only: Option<&str>) -> Result<Vec<Qu
                 concurrency: r.get(2)?,
                 rate_limit: rate,
                 group_concurrency: r.get(5)?,
+                timeout_ms: r.get(6)?,
                 counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
             })
         })

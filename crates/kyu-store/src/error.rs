@@ -33,6 +33,12 @@ impl StoreError {
         StoreError::NotFound(format!("job `{id}`"))
     }
 
+    /// A worker's write refused by the token fence (see
+    /// [`kyu_core::transition::check_token`]).
+    pub fn refused(id: &kyu_core::JobId, why: kyu_core::transition::Refusal) -> StoreError {
+        StoreError::Conflict(why.message(id.as_str()))
+    }
+
     /// Whether the worker should retry the same call later.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))

@@ -1,6 +1,6 @@
 //! Parameters and answers of [`crate::Store`] methods.
 
-use kyu_core::transition::Failure;
+pub use kyu_core::transition::{Failure, Outcome};
 use kyu_core::{ClaimedJob, Job, JobId, JobState, Millis, NewJob, QueueName, RateLimit};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,29 +44,6 @@ pub struct ClaimResult {
     /// When fewer than `max` were claimed: the earliest `run_at` of a
     /// scheduled job in those queues, so an idle worker knows when to look again.
     pub next_run_at: Option<Millis>,
-}
-
-/// How an attempt ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Success, with the handler's result.
-    Complete {
-        /// The result.
-        result: Value,
-    },
-    /// Failure; retried per policy unless `failure.retry` is false.
-    Fail {
-        /// Message kept in the job's `errors`.
-        error: String,
-        /// Retry wishes.
-        failure: Failure,
-    },
-    /// Put back to run again after `delay_ms`; the attempt is not counted.
-    /// A worker shutting down releases its jobs as a snooze of 0.
-    Snooze {
-        /// Delay.
-        delay_ms: i64,
-    },
 }
 
 /// A worker's report on one claimed job.
@@ -251,6 +228,8 @@ pub struct QueueUpdateParams {
     pub rate_limit: Option<Option<RateLimit>>,
     /// Running jobs per group.
     pub group_concurrency: Option<Option<i32>>,
+    /// Default per-attempt time limit.
+    pub timeout_ms: Option<Option<i64>>,
 }
 
 impl QueueUpdateParams {
@@ -267,10 +246,14 @@ impl QueueUpdateParams {
         {
             return Err(ValidationError::new("group_concurrency", "must be >= 1 or null"));
         }
-        if let Some(Some(r)) = self.rate_limit
-            && (r.max < 1 || r.per_ms < 1)
-        {
-            return Err(ValidationError::new("rate_limit", "max and per_ms must be >= 1"));
+        if let Some(Some(r)) = self.rate_limit {
+            if r.max < 1 {
+                return Err(ValidationError::new("rate_limit.max", "must be >= 1"));
+            }
+            kyu_core::validate::positive_duration("rate_limit.per_ms", r.per_ms)?;
+        }
+        if let Some(Some(t)) = self.timeout_ms {
+            kyu_core::validate::positive_duration("timeout_ms", t)?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::handler::BoxFuture;
 pub(crate) trait JobStore: Send + Sync {
     fn save(&self, p: JobSaveParams) -> BoxFuture<Result<(), StoreError>>;
     fn add_children(&self, p: JobAddChildrenParams) -> BoxFuture<Result<AddedChildren, StoreError>>;
+    fn get(&self, id: JobId) -> BoxFuture<Result<Option<kyu_core::Job>, StoreError>>;
     fn now(&self) -> kyu_core::Millis;
 }
 
@@ -32,6 +33,10 @@ impl<S: kyu_store::Store> JobStore for S {
     fn add_children(&self, p: JobAddChildrenParams) -> BoxFuture<Result<AddedChildren, StoreError>> {
         let s = self.clone();
         Box::pin(async move { s.job_add_children(p).await })
+    }
+    fn get(&self, id: JobId) -> BoxFuture<Result<Option<kyu_core::Job>, StoreError>> {
+        let s = self.clone();
+        Box::pin(async move { s.job_get(&id).await })
     }
     fn now(&self) -> kyu_core::Millis {
         self.clock().now()
@@ -56,13 +61,17 @@ struct Inner {
     job: ClaimedJob,
     cancel: CancellationToken,
     checkpoint: Mutex<Option<Value>>,
+    /// The claim's dependency results, joined by children that had
+    /// completed by the time [`JobContext::wait_for_children`] added them.
+    dependency_results: Mutex<BTreeMap<String, Value>>,
     saver: Saver,
 }
 
 impl JobContext {
     pub(crate) fn new(job: ClaimedJob, cancel: CancellationToken, saver: Saver) -> JobContext {
         let checkpoint = Mutex::new(job.checkpoint.clone());
-        JobContext { inner: Arc::new(Inner { job, cancel, checkpoint, saver }) }
+        let dependency_results = Mutex::new(job.dependency_results.clone());
+        JobContext { inner: Arc::new(Inner { job, cancel, checkpoint, dependency_results, saver }) }
     }
 
     /// The job's id.
@@ -105,9 +114,10 @@ impl JobContext {
         self.checkpoint().and_then(|v| serde_json::from_value(v).ok())
     }
 
-    /// Results of the jobs this one depends on, keyed by id.
-    pub fn dependency_results(&self) -> &BTreeMap<String, Value> {
-        &self.inner.job.dependency_results
+    /// Results of the jobs this one depends on, keyed by id (children it
+    /// waited for included).
+    pub fn dependency_results(&self) -> BTreeMap<String, Value> {
+        self.inner.dependency_results.lock().expect("results lock").clone()
     }
 
     /// Whether the job has been asked to stop (cancelled by an operator,
@@ -142,15 +152,27 @@ impl JobContext {
     }
 
     /// Adds child jobs and waits for them (BullMQ's `moveToWaitingChildren`):
-    /// return what this gives, `return ctx.wait_for_children(jobs).await`.
-    /// The job is released and runs again once every child completed, with
-    /// the same attempt number, its checkpoint, and the children's results in
-    /// [`JobContext::dependency_results`]. Save a checkpoint first, so the
-    /// next run knows the children were added. If they had all completed
-    /// already, the job is simply queued again.
-    pub async fn wait_for_children<T>(&self, jobs: Vec<JobSpec>) -> Result<T, JobError> {
-        self.children(jobs, true).await?;
-        Err(JobError { kind: crate::error::ErrorKind::Waiting, message: String::new() })
+    /// `ctx.wait_for_children(jobs).await?;`. While any child is still to
+    /// run, the `?` ends this run: the job is released and runs again once
+    /// every child completed, with the same attempt number, its checkpoint,
+    /// and the children's results in [`JobContext::dependency_results`]. Save
+    /// a checkpoint first, so the next run knows the children were added. If
+    /// every child had completed already (ids that ran before), it returns
+    /// at once and this run goes on, their results added to
+    /// [`JobContext::dependency_results`].
+    pub async fn wait_for_children(&self, jobs: Vec<JobSpec>) -> Result<(), JobError> {
+        let added = self.children(jobs, true).await?;
+        if added.waiting {
+            return Err(JobError { kind: crate::error::ErrorKind::Waiting, message: String::new() });
+        }
+        for child in added.children {
+            let job = self.inner.saver.get(child.id.clone()).await.map_err(|e| JobError::retry(format!("reading child results: {e}")))?;
+            if let Some(job) = job {
+                let v = job.result.unwrap_or(Value::Null);
+                self.inner.dependency_results.lock().expect("results lock").insert(child.id.to_string(), v);
+            }
+        }
+        Ok(())
     }
 
     async fn children(&self, jobs: Vec<JobSpec>, wait: bool) -> Result<AddedChildren, JobError> {

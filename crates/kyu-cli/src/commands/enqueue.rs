@@ -38,6 +38,7 @@ pub async fn enqueue<S: Store>(store: &S, a: EnqueueArgs, json: bool) -> Result<
         depends_on: a.depends_on,
         continue_on_failure: a.continue_on_failure,
         keep_result_ms: a.keep_result.map(ms),
+        keep_failed_ms: a.keep_failed.map(ms),
         tags: a.tags,
         group: a.group,
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use kyu_core::Limits;
+use kyu_core::transition::Retention;
 use kyu_server::{ServerConfig, Tokens};
 use kyu_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         long_poll_cap: a.long_poll_cap,
         ..ServerConfig::default()
     };
-    let (keep_result_ms, keep_failed_ms) = (a.keep_result.as_millis() as i64, a.keep_failed.as_millis() as i64);
+    let retention = Retention { keep_result_ms: a.keep_result.as_millis() as i64, keep_failed_ms: a.keep_failed.as_millis() as i64 };
     // Bind before opening the store, so a refused address fails fast.
     let listener = kyu_server::bind(&config).await.map_err(|e| CliError::Usage(e.to_string()))?;
     let stop = CancellationToken::new();
@@ -41,11 +42,11 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         signals.cancel();
     });
     if is_postgres(database) {
-        let opts = kyu_postgres::PgOptions { keep_result_ms, keep_failed_ms, ..Default::default() };
+        let opts = kyu_postgres::PgOptions { retention, ..Default::default() };
         let store = kyu_postgres::PgStore::connect(database, opts).await.map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
         run(listener, store, config, stop).await
     } else {
-        let opts = kyu_sqlite::SqliteOptions { keep_result_ms, keep_failed_ms, ..Default::default() };
+        let opts = kyu_sqlite::SqliteOptions { retention, ..Default::default() };
         let store = kyu_sqlite::SqliteStore::open(database, opts).map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
         tracing::info!(database = %database, "embedded SQLite store");
         run(listener, store, config, stop).await

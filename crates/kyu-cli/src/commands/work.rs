@@ -98,7 +98,7 @@ async fn run_command(cmd: &[String], payload: Value, ctx: &JobContext) -> Result
         .env("KYU_QUEUE", ctx.queue())
         .env("KYU_KIND", ctx.kind())
         .env("KYU_CHECKPOINT", ctx.checkpoint().map(|c| c.to_string()).unwrap_or_default())
-        .env("KYU_DEPENDENCY_RESULTS", serde_json::to_string(ctx.dependency_results()).expect("JSON"))
+        .env("KYU_DEPENDENCY_RESULTS", serde_json::to_string(&ctx.dependency_results()).expect("JSON"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

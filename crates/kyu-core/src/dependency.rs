@@ -1,0 +1,159 @@
+//! What dependencies mean: the state a job enters when it is enqueued with
+//! `depends_on`, what adding children to a running job does, and when a
+//! waiting job is released. Both backends gather the dependencies' states,
+//! ask these functions, and write the answer.
+
+use crate::transition::runnable_state;
+use crate::{ErrorEntry, JobId, JobState, Millis, ValidationError};
+
+/// What a dependency in `state` means for a job waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dependency {
+    /// Nothing to wait for: it completed (or failed, and the dependent
+    /// continues on failure).
+    Satisfied,
+    /// It failed or was cancelled: the dependent fails too.
+    Broken,
+    /// It has not finished: wait.
+    Pending,
+}
+
+/// The one rule for dependencies, used wherever a dependency's state is read.
+pub fn dependency(state: JobState, continue_on_failure: bool) -> Dependency {
+    match state {
+        JobState::Completed => Dependency::Satisfied,
+        JobState::Failed | JobState::Cancelled if continue_on_failure => Dependency::Satisfied,
+        JobState::Failed | JobState::Cancelled => Dependency::Broken,
+        _ => Dependency::Pending,
+    }
+}
+
+/// The message a job gets when a dependency of its fails.
+pub fn broken_message(dep: &JobId) -> String {
+    format!("dependency `{dep}` did not complete")
+}
+
+/// How a new job starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InsertPlan {
+    /// `queued`, `scheduled`, `waiting`, or `failed` (a dependency had failed).
+    pub state: JobState,
+    /// The error a job born failed carries, naming the dependency.
+    pub error: Option<ErrorEntry>,
+    /// Which of `depends_on` (by position) it waits for.
+    pub pending: Vec<usize>,
+}
+
+/// The state of a job enqueued at `now` to run at `run_at`, given the state
+/// of each of its dependencies in order (`None`: no such job). A dependency
+/// must exist already, or come earlier in the same batch, so no cycle can
+/// ever be formed.
+pub fn plan_insert(
+    now: Millis,
+    run_at: Millis,
+    continue_on_failure: bool,
+    deps: &[(&JobId, Option<JobState>)],
+) -> Result<InsertPlan, ValidationError> {
+    let mut pending = Vec::new();
+    let mut broken: Option<&JobId> = None;
+    for (i, (id, state)) in deps.iter().enumerate() {
+        let Some(state) = state else {
+            return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{id}`")));
+        };
+        match dependency(*state, continue_on_failure) {
+            Dependency::Satisfied => {}
+            Dependency::Broken => broken = broken.or(Some(id)),
+            Dependency::Pending => pending.push(i),
+        }
+    }
+    Ok(match broken {
+        Some(dep) => InsertPlan {
+            state: JobState::Failed,
+            error: Some(ErrorEntry { attempt: 0, at: now, message: broken_message(dep) }),
+            pending: Vec::new(),
+        },
+        None if !pending.is_empty() => InsertPlan { state: JobState::Waiting, error: None, pending },
+        None => InsertPlan { state: runnable_state(now, run_at), error: None, pending },
+    })
+}
+
+/// What adding children does to the running job that added them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildrenPlan {
+    /// The job keeps running under the same token: it did not ask to wait,
+    /// or every child had completed already (the handler goes on at once).
+    KeepRunning,
+    /// It asked to wait, but an operator had asked it to stop: it ends `cancelled`.
+    Cancel,
+    /// A child it would wait for has failed: it fails, naming the child.
+    Fail(JobId),
+    /// It moves to `waiting` (lease released, attempt given back) for these
+    /// children, by position.
+    Wait(Vec<usize>),
+}
+
+/// Children of a running job, with their states after the insert.
+pub fn plan_children(
+    wait: bool,
+    cancel_requested: bool,
+    continue_on_failure: bool,
+    children: &[(&JobId, JobState)],
+) -> ChildrenPlan {
+    if !wait {
+        return ChildrenPlan::KeepRunning;
+    }
+    if cancel_requested {
+        return ChildrenPlan::Cancel;
+    }
+    let mut pending = Vec::new();
+    for (i, (id, state)) in children.iter().enumerate() {
+        match dependency(*state, continue_on_failure) {
+            Dependency::Satisfied => {}
+            Dependency::Broken => return ChildrenPlan::Fail((*id).clone()),
+            Dependency::Pending => pending.push(i),
+        }
+    }
+    if pending.is_empty() { ChildrenPlan::KeepRunning } else { ChildrenPlan::Wait(pending) }
+}
+
+/// The state a waiting job enters when its last dependency is satisfied.
+pub fn released_state(now: Millis, run_at: Millis) -> JobState {
+    runnable_state(now, run_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> JobId {
+        JobId::new(s).unwrap()
+    }
+
+    #[test]
+    fn insert_folds_dependencies() {
+        let (a, b) = (id("a"), id("b"));
+        let now = Millis(10);
+        let plan = plan_insert(now, now, false, &[(&a, Some(JobState::Completed)), (&b, Some(JobState::Running))]).unwrap();
+        assert_eq!((plan.state, plan.pending), (JobState::Waiting, vec![1]));
+        let plan = plan_insert(now, Millis(20), false, &[(&a, Some(JobState::Completed))]).unwrap();
+        assert_eq!(plan.state, JobState::Scheduled);
+        let plan = plan_insert(now, now, false, &[(&a, Some(JobState::Running)), (&b, Some(JobState::Cancelled))]).unwrap();
+        assert_eq!(plan.state, JobState::Failed);
+        assert_eq!(plan.error.unwrap().message, "dependency `b` did not complete");
+        let plan = plan_insert(now, now, true, &[(&b, Some(JobState::Failed))]).unwrap();
+        assert_eq!(plan.state, JobState::Queued);
+        assert_eq!(plan_insert(now, now, false, &[(&a, Some(JobState::Queued)), (&b, None)]).unwrap_err().field, "depends_on[1]");
+    }
+
+    #[test]
+    fn children_outcomes() {
+        let (a, b) = (id("a"), id("b"));
+        let done = [(&a, JobState::Completed), (&b, JobState::Completed)];
+        assert_eq!(plan_children(true, false, false, &done), ChildrenPlan::KeepRunning);
+        assert_eq!(plan_children(false, true, false, &done), ChildrenPlan::KeepRunning);
+        assert_eq!(plan_children(true, true, false, &done), ChildrenPlan::Cancel);
+        let mixed = [(&a, JobState::Queued), (&b, JobState::Failed)];
+        assert_eq!(plan_children(true, false, false, &mixed), ChildrenPlan::Fail(b.clone()));
+        assert_eq!(plan_children(true, false, true, &mixed), ChildrenPlan::Wait(vec![0]));
+    }
+}
