@@ -100,9 +100,21 @@ impl Command {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT or HOST:PORT.
     #[arg(long, env = "KYU_LISTEN", default_value = "127.0.0.1:7700", value_name = "ADDR")]
-    pub listen: std::net::SocketAddr,
+    pub listen: String,
+    /// Most connections open at once (kept below the file-descriptor limit);
+    /// when reached, the longest-idle connection is closed to admit a new one.
+    #[arg(long, env = "KYU_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; idle keep-alive
+    /// connections are closed after it.
+    #[arg(long, env = "KYU_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub header_timeout: Duration,
+    /// How long past its time limit a job may run before the store fails
+    /// it with "timeout", heartbeats or not.
+    #[arg(long, env = "KYU_KILL_GRACE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub kill_grace: Duration,
     /// API token as ROLE:SECRET, role admin, producer or worker (repeatable;
     /// KYU_TOKENS takes a comma-separated list).
     #[arg(long = "token", env = "KYU_TOKENS", value_delimiter = ',', hide_env_values = true, value_name = "ROLE:SECRET")]

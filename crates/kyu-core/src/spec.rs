@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{MAX_NAME_LEN, is_name, truncate};
 use crate::{Backoff, JobId, Millis, QueueName, validate};
 
 /// Default attempts per job.
@@ -151,16 +150,6 @@ impl ValidationError {
     }
 }
 
-fn check_label(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.is_empty() || value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            field,
-            format!("`{}` must be 1-{MAX_NAME_LEN} characters without control characters", truncate(value)),
-        ));
-    }
-    Ok(())
-}
-
 impl JobSpec {
     /// A spec for `kind` on `queue` with `payload`; the other fields default.
     pub fn new(queue: &str, kind: &str, payload: Value) -> JobSpec {
@@ -177,12 +166,7 @@ impl JobSpec {
             Some(q) => QueueName::new(q).map_err(|m| ValidationError::new("queue", m))?,
             None => QueueName::default(),
         };
-        if !is_name(&self.kind) {
-            return Err(ValidationError::new(
-                "kind",
-                format!("`{}` must match [A-Za-z0-9_.:-]{{1,{MAX_NAME_LEN}}}", truncate(&self.kind)),
-            ));
-        }
+        validate::name("kind", &self.kind)?;
         validate::no_nul("payload", &self.payload)?;
         let payload = serde_json::to_string(&self.payload).map_err(|e| ValidationError::new("payload", e.to_string()))?;
         if payload.len() > limits.max_payload_bytes {
@@ -215,16 +199,16 @@ impl JobSpec {
             return Err(ValidationError::new("unique_for_ms", "needs a unique_key"));
         }
         if let Some(k) = &self.unique_key {
-            check_label("unique_key", k)?;
+            validate::label("unique_key", k)?;
         }
         if let Some(g) = &self.group {
-            check_label("group", g)?;
+            validate::label("group", g)?;
         }
         if self.tags.len() > MAX_TAGS {
             return Err(ValidationError::new("tags", format!("at most {MAX_TAGS} tags")));
         }
         for (i, t) in self.tags.iter().enumerate() {
-            check_label(&format!("tags[{i}]"), t)?;
+            validate::label(&format!("tags[{i}]"), t)?;
         }
         if self.depends_on.len() > MAX_DEPENDENCIES {
             return Err(ValidationError::new("depends_on", format!("at most {MAX_DEPENDENCIES} dependencies")));

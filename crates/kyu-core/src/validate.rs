@@ -79,6 +79,35 @@ fn find_nul(v: &Value) -> Option<String> {
     }
 }
 
+/// A free label (a tag, a group, a unique key, a worker name): 1 to 128
+/// characters, none of them control characters (NUL included).
+pub fn label(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() || value.chars().count() > crate::job::MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            format!("`{}` must be 1-{} characters without control characters", crate::job::truncate(value), crate::job::MAX_NAME_LEN),
+        ));
+    }
+    Ok(())
+}
+
+/// A name (a queue, a kind): `[A-Za-z0-9_.:-]{1,128}`.
+pub fn name(field: &str, value: &str) -> Result<(), ValidationError> {
+    if crate::job::is_name(value) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, format!("`{}` must match [A-Za-z0-9_.:-]{{1,128}}", crate::job::truncate(value))))
+    }
+}
+
+/// Free text used to search (an error's words): no NUL, at most 1,000 characters.
+pub fn search_text(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.contains('\0') || value.chars().count() > 1000 {
+        return Err(ValidationError::new(field, "must be at most 1000 characters without NUL"));
+    }
+    Ok(())
+}
+
 /// Text meant for people (an error message, a log line) loses its NUL
 /// characters rather than its report: a failure must always be recordable.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {

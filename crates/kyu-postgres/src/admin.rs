@@ -1,6 +1,6 @@
 //! Operator actions and retention: cancel, retry, delete, prune, queue settings.
 
-use kyu_core::{Job, JobId, JobState, QueueInfo, QueueName, ValidationError};
+use kyu_core::{Job, JobId, JobState, QueueInfo, QueueName};
 use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
 use crate::conn::Conn;
 use tokio_postgres::types::ToSql;
@@ -53,10 +53,7 @@ pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, St
 }
 
 pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
-    let state = p.state.unwrap_or(JobState::Failed);
-    if !matches!(state, JobState::Failed | JobState::Cancelled) {
-        return Err(ValidationError::new("state", "must be failed or cancelled").into());
-    }
+    let state = p.check()?;
     let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(tx.now_ts)];
     let mut wheres: Vec<String> = Vec::new();
     let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>| {

@@ -253,6 +253,7 @@ impl Store for PgStore {
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+        p.check()?;
         if p.max == 0 || p.queues.is_empty() {
             return Ok(ClaimResult::default());
         }
@@ -264,6 +265,7 @@ impl Store for PgStore {
         reports: Vec<Report>,
         p: JobClaimParams,
     ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
+        p.check()?;
         in_tx!(self, tx => claim::report_and_claim(&tx, reports, p).await)
     }
 
@@ -272,6 +274,7 @@ impl Store for PgStore {
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
+        p.check()?;
         in_tx!(self, tx => finish::heartbeat_many(&tx, p).await)
     }
 
@@ -302,6 +305,7 @@ impl Store for PgStore {
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        p.check()?;
         in_tx!(self, tx => admin::retry_many(&tx, p).await)
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kyu_core::{Backoff, Job, JobId, JobState, Millis, QueueInfo, QueueName, RateLimit, ValidationError};
+use kyu_core::{Backoff, Job, JobId, JobState, Millis, QueueInfo, QueueName, RateLimit};
 use kyu_store::{JobListParams, JobPage, StoreError};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -135,8 +135,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     if let Some(t) = &p.tag {
         filter("tags ? $", Box::new(t.clone()), &mut args);
     }
-    if let Some(cur) = &p.cursor {
-        let seq: i64 = cur.parse().map_err(|_| ValidationError::new("cursor", "not a cursor from a previous page"))?;
+    if let Some(seq) = p.check()? {
         filter("seq < $", Box::new(seq), &mut args);
     }
     let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };

@@ -131,7 +131,9 @@ fn allows(role: Role, need: Need) -> bool {
 /// The bearer token of a request, or for GET requests the dashboard cookie.
 pub(crate) fn presented(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(|s| s.trim().to_owned());
+        // The scheme is case-insensitive (RFC 7235): `bearer` works too.
+        let (scheme, secret) = v.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim().to_owned());
     }
     if req.method() != Method::GET {
         return None; // cookies only for reads: no cross-site writes

@@ -13,6 +13,7 @@
 #![recursion_limit = "512"]
 
 mod auth;
+pub mod connections;
 mod dashboard;
 mod error;
 mod jobs;
@@ -66,6 +67,11 @@ pub struct ServerConfig {
     /// Longest this server actually holds a long poll, whatever `wait_ms`
     /// asked (clients must expect an empty answer and ask again).
     pub long_poll_cap: Duration,
+    /// Connection cap and header/idle timeout.
+    pub connections: connections::ConnectionLimits,
+    /// Longest a request may take, its body included (long polls end
+    /// before it: it is the long-poll cap plus 30 s unless set).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +87,8 @@ impl Default for ServerConfig {
             claim_recheck: Duration::from_secs(2),
             maintenance: Some(MaintenanceConfig::default()),
             long_poll_cap: Duration::from_millis(MAX_WAIT_MS),
+            connections: connections::ConnectionLimits::default(),
+            request_timeout: None,
         }
     }
 }
@@ -117,6 +125,7 @@ impl<S: Store> Clone for AppState<S> {
 pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationToken) -> Router {
     let tokens = Arc::new(config.tokens.clone());
     let body_limit = config.max_body_bytes;
+    let request_timeout = config.request_timeout.unwrap_or(config.long_poll_cap + Duration::from_secs(30));
     let app = AppState { store, config: Arc::new(config), tokens: tokens.clone(), shutdown };
     Router::new()
         .route("/v1/jobs", post(jobs::enqueue::<S>).get(jobs::list::<S>))
@@ -150,7 +159,23 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, time_limit))
         .with_state(app)
+}
+
+/// Ends a request that takes longer than the server allows (a body sent a
+/// byte at a time, a handler stuck on the store) with a 503 in kyu's shape.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("the request took longer than {} s; retry", limit.as_secs()))
+            .into_response(),
+    }
 }
 
 async fn no_route() -> ApiError {
@@ -167,6 +192,19 @@ pub async fn bind(config: &ServerConfig) -> Result<tokio::net::TcpListener, Serv
         return Err(ServeError::Unprotected(config.listen));
     }
     Ok(tokio::net::TcpListener::bind(config.listen).await?)
+}
+
+/// Resolves `--listen`: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`
+/// (`localhost:7700`); a host name takes its first address.
+pub async fn resolve_listen(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("`{addr}` is not HOST:PORT (e.g. 127.0.0.1:7700 or localhost:7700)"));
+    }
+    let mut found = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve `{addr}`: {e}"))?;
+    found.next().ok_or_else(|| format!("`{addr}` resolves to no address"))
 }
 
 /// Binds and serves until `shutdown` is cancelled, running maintenance
@@ -187,11 +225,12 @@ pub async fn serve_on<S: Store>(
     let background = shutdown.child_token();
     let maintenance = config.maintenance.map(|m| tokio::spawn(kyu_worker::run_maintenance(store.clone(), m, background.clone())));
     tracing::info!(address = %listener.local_addr()?, auth = !config.tokens.is_empty(), "kyu server listening");
+    let limits = config.connections;
     let app = router(store, config, shutdown.clone());
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    connections::serve(listener, app, limits, shutdown.clone()).await;
     background.cancel();
     if let Some(m) = maintenance {
         let _ = m.await;
     }
-    result.map_err(ServeError::from)
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Operator actions and retention: cancel, retry, delete, prune, queue settings.
 
-use kyu_core::{Job, JobId, JobState, QueueInfo, ValidationError};
+use kyu_core::{Job, JobId, JobState, QueueInfo};
 use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
@@ -61,10 +61,7 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
 }
 
 pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
-    let state = p.state.unwrap_or(JobState::Failed);
-    if !matches!(state, JobState::Failed | JobState::Cancelled) {
-        return Err(ValidationError::new("state", "must be failed or cancelled").into());
-    }
+    let state = p.check()?;
     let mut args: Vec<rusqlite::types::Value> = vec![tx.now_str.clone().into()];
     let mut wheres: Vec<String> = Vec::new();
     let mut filter = |clause: &str, v: rusqlite::types::Value| {

@@ -178,6 +178,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> Result<ClaimResult, StoreError> {
+        p.check()?;
         if p.max == 0 || p.queues.is_empty() {
             return Ok(ClaimResult::default());
         }
@@ -195,6 +196,7 @@ impl Store for SqliteStore {
         reports: Vec<Report>,
         claim: JobClaimParams,
     ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
+        claim.check()?;
         self.inner
             .writer
             .write(move |tx| {
@@ -210,6 +212,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
+        p.check()?;
         self.inner.writer.write(move |tx| Ok(finish::heartbeat_many(tx, p))).await
     }
 
@@ -227,6 +230,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_list(&self, p: JobListParams) -> Result<JobPage, StoreError> {
+        p.check()?;
         self.read(move |c| read::job_list(c, &p)).await
     }
 
@@ -241,6 +245,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        p.check()?;
         self.inner.writer.write(move |tx| admin::retry_many(tx, p)).await
     }
 

@@ -139,10 +139,7 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
         wheres.push("EXISTS (SELECT 1 FROM json_each(kyu_jobs.tags) WHERE value = ?)");
         args.push(t.clone().into());
     }
-    if let Some(c) = &p.cursor {
-        let seq: i64 = c.parse().map_err(|_| {
-            StoreError::Invalid(kyu_core::ValidationError::new("cursor", "not a cursor from a previous page"))
-        })?;
+    if let Some(seq) = p.check()? {
         wheres.push("seq < ?");
         args.push(seq.into());
     }

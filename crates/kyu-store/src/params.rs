@@ -1,6 +1,7 @@
 //! Parameters and answers of [`crate::Store`] methods.
 
 pub use kyu_core::transition::{Failure, Outcome};
+use kyu_core::{ValidationError, validate};
 use kyu_core::{ClaimedJob, Job, JobId, JobState, Millis, NewJob, QueueName, RateLimit};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +24,9 @@ pub struct Inserted {
     pub duplicate: bool,
 }
 
+/// Most jobs one claim may take.
+pub const MAX_CLAIM: usize = 10_000;
+
 /// A claim request.
 #[derive(Clone, Debug)]
 pub struct JobClaimParams {
@@ -34,6 +38,18 @@ pub struct JobClaimParams {
     pub max: usize,
     /// Lease length.
     pub lease_ms: i64,
+}
+
+impl JobClaimParams {
+    /// Checks the worker name, the batch size and the lease; both backends
+    /// call this before claiming.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        validate::label("worker", &self.worker)?;
+        if self.max > MAX_CLAIM {
+            return Err(ValidationError::new("max", format!("at most {MAX_CLAIM}")));
+        }
+        validate::positive_duration("lease_ms", self.lease_ms).map(|_| ())
+    }
 }
 
 /// What a claim returned.
@@ -64,6 +80,13 @@ pub struct JobHeartbeatParams {
     pub jobs: Vec<(JobId, String)>,
     /// New lease length from now.
     pub lease_ms: i64,
+}
+
+impl JobHeartbeatParams {
+    /// Checks the lease; both backends call this first.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        validate::positive_duration("lease_ms", self.lease_ms).map(|_| ())
+    }
 }
 
 /// Answer to a heartbeat.
@@ -158,6 +181,23 @@ pub struct JobListParams {
     pub cursor: Option<String>,
 }
 
+impl JobListParams {
+    /// Checks the filters (a kind is a name, a tag a label, a cursor a
+    /// number); both backends call this first.
+    pub fn check(&self) -> Result<Option<i64>, ValidationError> {
+        if let Some(k) = &self.kind {
+            validate::name("kind", k)?;
+        }
+        if let Some(t) = &self.tag {
+            validate::label("tag", t)?;
+        }
+        self.cursor
+            .as_deref()
+            .map(|c| c.parse::<i64>().map_err(|_| ValidationError::new("cursor", "not a cursor from a previous page")))
+            .transpose()
+    }
+}
+
 /// One page of jobs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobPage {
@@ -189,6 +229,29 @@ pub struct JobRetryManyParams {
     pub until: Option<Millis>,
     /// Last error contains this text.
     pub error_contains: Option<String>,
+}
+
+impl JobRetryManyParams {
+    /// Checks the filters; both backends call this first.
+    pub fn check(&self) -> Result<JobState, ValidationError> {
+        if let Some(k) = &self.kind {
+            validate::name("kind", k)?;
+        }
+        if let Some(e) = &self.error_contains {
+            validate::search_text("error", e)?;
+        }
+        if let Some(s) = self.since {
+            validate::timestamp("since", s)?;
+        }
+        if let Some(u) = self.until {
+            validate::timestamp("until", u)?;
+        }
+        let state = self.state.unwrap_or(JobState::Failed);
+        if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            return Err(ValidationError::new("state", "must be failed or cancelled"));
+        }
+        Ok(state)
+    }
 }
 
 /// What [`crate::Store::job_rescue`] did.
@@ -234,8 +297,7 @@ pub struct QueueUpdateParams {
 
 impl QueueUpdateParams {
     /// Checks the new limits; both backends call this before writing.
-    pub fn check(&self) -> Result<(), kyu_core::ValidationError> {
-        use kyu_core::ValidationError;
+    pub fn check(&self) -> Result<(), ValidationError> {
         if let Some(Some(c)) = self.concurrency
             && c < 0
         {

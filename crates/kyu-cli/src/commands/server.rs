@@ -22,8 +22,24 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         print_config(database, top, sub, a);
         return Ok(ExitCode::SUCCESS);
     }
+    let listen = kyu_server::resolve_listen(&a.listen).await.map_err(CliError::Usage)?;
+    kyu_server::connections::raise_fd_limit();
+    let budget = kyu_server::connections::fd_budget().unwrap_or(a.max_connections);
+    if budget < a.max_connections {
+        tracing::warn!(
+            max_connections = a.max_connections,
+            budget,
+            "the file-descriptor limit allows fewer connections than --max-connections; capping at {budget} (raise `ulimit -n` or LimitNOFILE=)"
+        );
+    }
+    let connections = kyu_server::connections::ConnectionLimits {
+        max_connections: a.max_connections.min(budget),
+        header_timeout: a.header_timeout,
+        ..Default::default()
+    };
     let config = ServerConfig {
-        listen: a.listen,
+        listen,
+        connections,
         tokens,
         insecure: a.insecure,
         limits: Limits { max_payload_bytes: a.max_payload },
@@ -32,6 +48,7 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         ..ServerConfig::default()
     };
     let retention = Retention { keep_result_ms: a.keep_result.as_millis() as i64, keep_failed_ms: a.keep_failed.as_millis() as i64 };
+    let timeout_grace_ms = a.kill_grace.as_millis() as i64;
     // Bind before opening the store, so a refused address fails fast.
     let listener = kyu_server::bind(&config).await.map_err(|e| CliError::Usage(e.to_string()))?;
     let stop = CancellationToken::new();
@@ -42,11 +59,11 @@ pub async fn server(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &Serv
         signals.cancel();
     });
     if is_postgres(database) {
-        let opts = kyu_postgres::PgOptions { retention, ..Default::default() };
+        let opts = kyu_postgres::PgOptions { retention, timeout_grace_ms, ..Default::default() };
         let store = kyu_postgres::PgStore::connect(database, opts).await.map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
         run(listener, store, config, stop).await
     } else {
-        let opts = kyu_sqlite::SqliteOptions { retention, ..Default::default() };
+        let opts = kyu_sqlite::SqliteOptions { retention, timeout_grace_ms, ..Default::default() };
         let store = kyu_sqlite::SqliteStore::open(database, opts).map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
         tracing::info!(database = %database, "embedded SQLite store");
         run(listener, store, config, stop).await
@@ -90,7 +107,10 @@ fn print_config(database: &str, top: &ArgMatches, sub: &ArgMatches, a: &ServerAr
         .collect();
     let rows: Vec<(&str, String, &str)> = vec![
         ("database", database.to_owned(), source(top, "database")),
-        ("listen", a.listen.to_string(), source(sub, "listen")),
+        ("listen", a.listen.clone(), source(sub, "listen")),
+        ("max_connections", a.max_connections.to_string(), source(sub, "max_connections")),
+        ("header_timeout", human(a.header_timeout), source(sub, "header_timeout")),
+        ("kill_grace", human(a.kill_grace), source(sub, "kill_grace")),
         ("tokens", if tokens.is_empty() { "(none: loopback only)".into() } else { tokens.join(",") }, source(sub, "tokens")),
         ("insecure", a.insecure.to_string(), source(sub, "insecure")),
         ("keep_result", human(a.keep_result), source(sub, "keep_result")),
