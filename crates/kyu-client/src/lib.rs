@@ -57,18 +57,30 @@ impl HttpStore {
         })
     }
 
-    /// How long a claim long-polls on the server when nothing is ready
-    /// (default 2 s). A worker stopping waits for its claim in flight, so this
-    /// also bounds how long an idle worker takes to stop.
-    pub fn with_claim_wait(self, wait: Duration) -> HttpStore {
-        let inner = Inner {
+    /// Uses `clock` for "now" (tests share the server store's manual clock).
+    pub fn with_clock(self, clock: Clock) -> HttpStore {
+        let mut inner = self.inner_clone();
+        inner.clock = clock;
+        HttpStore { inner: Arc::new(inner) }
+    }
+
+    fn inner_clone(&self) -> Inner {
+        Inner {
             base: self.inner.base.clone(),
             token: self.inner.token.clone(),
             http: self.inner.http.clone(),
             clock: self.inner.clock.clone(),
             events: self.inner.events.clone(),
-            claim_wait_ms: wait.as_millis() as u64,
-        };
+            claim_wait_ms: self.inner.claim_wait_ms,
+        }
+    }
+
+    /// How long a claim long-polls on the server when nothing is ready
+    /// (default 2 s). A worker stopping waits for its claim in flight, so this
+    /// also bounds how long an idle worker takes to stop.
+    pub fn with_claim_wait(self, wait: Duration) -> HttpStore {
+        let mut inner = self.inner_clone();
+        inner.claim_wait_ms = wait.as_millis() as u64;
         HttpStore { inner: Arc::new(inner) }
     }
 
@@ -168,8 +180,38 @@ struct ReportAnswer {
 }
 
 #[derive(serde::Deserialize)]
+struct HeartbeatsAnswer {
+    results: Vec<HeartbeatAnswer>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeartbeatAnswer {
+    id: String,
+    lease_expires_at: Option<kyu_core::Millis>,
+    cancel_requested: Option<bool>,
+    error: Option<Value>,
+}
+
+/// The error of one slot of a many-in-one answer, as the store would give it.
+fn slot_error(e: &Value) -> StoreError {
+    let message = e["message"].as_str().unwrap_or("refused").to_owned();
+    match e["code"].as_str() {
+        Some("not_found") => StoreError::NotFound(message.trim_end_matches(" not found").to_owned()),
+        Some("conflict") => StoreError::Conflict(message),
+        Some("invalid") | Some("too_large") => {
+            let (field, msg) = message.split_once(": ").unwrap_or(("report", message.as_str()));
+            StoreError::Invalid(ValidationError::new(field, msg))
+        }
+        Some("unavailable") => StoreError::Unavailable(message.into()),
+        _ => StoreError::Backend(message.into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
 struct Claimed {
     jobs: Vec<ClaimedJob>,
+    #[serde(default)]
+    next_run_at: Option<kyu_core::Millis>,
 }
 
 #[derive(serde::Deserialize)]
@@ -190,7 +232,7 @@ impl Store for HttpStore {
             "wait_ms": self.inner.claim_wait_ms,
         });
         let c: Claimed = self.post("/v1/claim", body).await?;
-        Ok(ClaimResult { jobs: c.jobs, next_run_at: None })
+        Ok(ClaimResult { jobs: c.jobs, next_run_at: c.next_run_at })
     }
 
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
@@ -210,31 +252,28 @@ impl Store for HttpStore {
             .into_iter()
             .map(|a| match (a.state, a.error) {
                 (Some(state), _) => Ok(state),
-                (None, Some(e)) => {
-                    let message = e["message"].as_str().unwrap_or("refused").to_owned();
-                    Err(match e["code"].as_str() {
-                        Some("not_found") => StoreError::NotFound(message.trim_end_matches(" not found").to_owned()),
-                        Some("conflict") => StoreError::Conflict(message),
-                        Some("invalid") => StoreError::Invalid(ValidationError::new("report", message)),
-                        Some("unavailable") => StoreError::Unavailable(message.into()),
-                        _ => StoreError::Backend(message.into()),
-                    })
-                }
+                (None, Some(e)) => Err(slot_error(&e)),
                 (None, None) => Err(StoreError::Backend(format!("no answer for job `{}`", a.id).into())),
             })
             .collect())
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, (id, token)) in p.jobs.into_iter().enumerate() {
-            let this = self.clone();
-            tasks.spawn(async move {
-                let hb = this.post(&format!("/v1/jobs/{id}/heartbeat"), json!({"token": token, "lease_ms": p.lease_ms})).await;
-                (i, hb)
-            });
-        }
-        collect(tasks).await
+        // One request for all the leases (POST /v1/heartbeats). A transport
+        // error fails the whole call as transient, so a network blip never
+        // looks like a lost lease to the worker.
+        let items: Vec<Value> =
+            p.jobs.iter().map(|(id, token)| json!({"id": id, "token": token, "lease_ms": p.lease_ms})).collect();
+        let answer: HeartbeatsAnswer = self.post("/v1/heartbeats", json!({ "heartbeats": items })).await?;
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|a| match (a.lease_expires_at, a.cancel_requested, a.error) {
+                (Some(lease_expires_at), Some(cancel_requested), _) => Ok(Heartbeat { lease_expires_at, cancel_requested }),
+                (_, _, Some(e)) => Err(slot_error(&e)),
+                _ => Err(StoreError::Backend(format!("no answer for job `{}`", a.id).into())),
+            })
+            .collect())
     }
 
     async fn job_add_children(&self, p: JobAddChildrenParams) -> Result<AddedChildren, StoreError> {
@@ -383,18 +422,3 @@ impl Store for HttpStore {
 struct QueueListAnswer {
     queues: Vec<QueueInfo>,
 }
-
-async fn collect<T: Send + 'static>(
-    mut tasks: tokio::task::JoinSet<(usize, Result<T, StoreError>)>,
-) -> Result<Vec<Result<T, StoreError>>, StoreError> {
-    let mut out: Vec<Option<Result<T, StoreError>>> = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        let (i, r) = done.map_err(|e| StoreError::Backend(Box::new(e)))?;
-        if out.len() <= i {
-            out.resize_with(i + 1, || None);
-        }
-        out[i] = Some(r);
-    }
-    Ok(out.into_iter().map(|r| r.expect("every task answered")).collect())
-}
-

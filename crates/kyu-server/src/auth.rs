@@ -109,6 +109,7 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
     if method == Method::POST
         && (path == "/v1/claim"
             || path == "/v1/reports"
+            || path == "/v1/heartbeats"
             || (path.starts_with("/v1/jobs/")
                 && ["/heartbeat", "/complete", "/fail", "/snooze", "/checkpoint", "/progress", "/children"]
                     .iter()

@@ -138,6 +138,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/jobs/{id}/retry", post(jobs::retry::<S>))
         .route("/v1/claim", post(worker::claim::<S>))
         .route("/v1/reports", post(worker::reports::<S>))
+        .route("/v1/heartbeats", post(worker::heartbeats::<S>))
         .route("/v1/jobs/{id}/heartbeat", post(worker::heartbeat::<S>))
         .route("/v1/jobs/{id}/complete", post(worker::complete::<S>))
         .route("/v1/jobs/{id}/fail", post(worker::fail::<S>))

@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/retry"),
     ("post", "/v1/claim"),
     ("post", "/v1/reports"),
+    ("post", "/v1/heartbeats"),
     ("post", "/v1/jobs/{id}/heartbeat"),
     ("post", "/v1/jobs/{id}/complete"),
     ("post", "/v1/jobs/{id}/fail"),
@@ -136,7 +137,8 @@ pub fn document() -> Value {
             "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000},
             "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000}}}))),
         vec![ok("200", "claimed jobs (maybe none)", Some(json!({"type": "object", "required": ["jobs"],
-            "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")}}})))],
+            "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")},
+                "next_run_at": {"anyOf": [r("Time"), {"type": "null"}]}}})))],
         &["400", "401", "403", "415", "422"]));
     let report_item = |outcome: &str, extra: Value, required: &[&str]| {
         let mut props = json!({"outcome": {"const": outcome}, "id": {"type": "string", "pattern": ID_PATTERN}, "token": {"type": "string"}});
@@ -157,6 +159,16 @@ pub fn document() -> Value {
         vec![ok("200", "one answer per report", Some(json!({"type": "object", "required": ["results"], "properties": {
             "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
                 "id": {"type": "string"}, "state": r("State"), "error": {"type": "object"}}}}}})))],
+        &["400", "401", "403", "413", "415", "422"]));
+    add("/v1/heartbeats", "post", op("Many heartbeats in one request; each answered in its own slot", none.clone(),
+        Some(body(json!({"type": "object", "required": ["heartbeats"], "additionalProperties": false, "properties": {
+            "heartbeats": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "object", "required": ["id", "token"],
+                "additionalProperties": false, "properties": {"id": {"type": "string", "pattern": ID_PATTERN}, "token": {"type": "string"},
+                "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000}}}}}}))),
+        vec![ok("200", "one answer per heartbeat", Some(json!({"type": "object", "required": ["results"], "properties": {
+            "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string"}, "lease_expires_at": r("Time"), "cancel_requested": {"type": "boolean"},
+                "error": {"type": "object"}}}}}})))],
         &["400", "401", "403", "413", "415", "422"]));
     let token_body = |extra: Value, required: &[&str]| {
         let mut props = json!({"token": {"type": "string"}});

@@ -39,6 +39,9 @@ fn one() -> usize {
 #[derive(Serialize)]
 pub(crate) struct Claimed {
     jobs: Vec<ClaimedJob>,
+    /// When fewer jobs than asked were claimable: the earliest `run_at` of a
+    /// scheduled job in these queues, so a worker knows when to look again.
+    next_run_at: Option<kyu_core::Millis>,
 }
 
 /// `POST /v1/claim`: claims up to `max` jobs; with `wait_ms`, long-polls
@@ -69,7 +72,7 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
         let claimed = app.store.job_claim(params).await?;
         let now = tokio::time::Instant::now();
         if !claimed.jobs.is_empty() || now >= deadline {
-            return Ok(axum::Json(Claimed { jobs: claimed.jobs }));
+            return Ok(axum::Json(Claimed { jobs: claimed.jobs, next_run_at: claimed.next_run_at }));
         }
         let mut wake = deadline.min(now + app.config.claim_recheck);
         if let Some(at) = claimed.next_run_at {
@@ -78,7 +81,7 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
-            _ = app.shutdown.cancelled() => return Ok(axum::Json(Claimed { jobs: Vec::new() })),
+            _ = app.shutdown.cancelled() => return Ok(axum::Json(Claimed { jobs: Vec::new(), next_run_at: claimed.next_run_at })),
             _ = available(&mut events, &queues) => {}
         }
     }
@@ -115,6 +118,75 @@ pub(crate) async fn heartbeat<S: Store>(
     }
     let mut out = app.store.job_heartbeat_many(JobHeartbeatParams { jobs: vec![(id, r.token)], lease_ms }).await?;
     Ok(axum::Json(out.remove(0)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeartbeatItem {
+    id: String,
+    token: String,
+    lease_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeartbeatsRequest {
+    heartbeats: Vec<HeartbeatItem>,
+}
+
+/// One answer of `POST /v1/heartbeats`: the new lease, or why it was refused.
+#[derive(Serialize)]
+pub(crate) struct HeartbeatAnswer {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<kyu_core::Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_requested: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct HeartbeatsAnswer {
+    results: Vec<HeartbeatAnswer>,
+}
+
+/// `POST /v1/heartbeats`: the leases of many running jobs in one request
+/// (one store call per distinct lease length), each answered in its own slot.
+pub(crate) async fn heartbeats<S: Store>(
+    State(app): State<AppState<S>>,
+    Json(r): Json<HeartbeatsRequest>,
+) -> ApiResult<axum::Json<HeartbeatsAnswer>> {
+    if r.heartbeats.is_empty() || r.heartbeats.len() > MAX_CLAIM {
+        return Err(ApiError::invalid("heartbeats", format!("give 1 to {MAX_CLAIM} heartbeats")));
+    }
+    let mut by_lease: std::collections::BTreeMap<i64, Vec<(usize, JobId, String)>> = Default::default();
+    for (i, h) in r.heartbeats.into_iter().enumerate() {
+        let lease_ms = h.lease_ms.unwrap_or(app.config.default_lease_ms);
+        if !LEASE_MS.contains(&lease_ms) {
+            return Err(ApiError::invalid(&format!("heartbeats[{i}].lease_ms"), format!("must be between {} and {}", LEASE_MS.start(), LEASE_MS.end())));
+        }
+        let id = JobId::new(h.id).map_err(|m| ApiError::invalid(&format!("heartbeats[{i}].id"), m))?;
+        by_lease.entry(lease_ms).or_default().push((i, id, h.token));
+    }
+    let mut results: Vec<Option<HeartbeatAnswer>> = Vec::new();
+    for (lease_ms, items) in by_lease {
+        let jobs = items.iter().map(|(_, id, t)| (id.clone(), t.clone())).collect();
+        let answers = app.store.job_heartbeat_many(JobHeartbeatParams { jobs, lease_ms }).await?;
+        for ((i, id, _), a) in items.into_iter().zip(answers) {
+            if results.len() <= i {
+                results.resize_with(i + 1, || None);
+            }
+            results[i] = Some(match a {
+                Ok(hb) => HeartbeatAnswer { id: id.to_string(), lease_expires_at: Some(hb.lease_expires_at), cancel_requested: Some(hb.cancel_requested), error: None },
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    HeartbeatAnswer { id: id.to_string(), lease_expires_at: None, cancel_requested: None, error: Some(serde_json::json!({"code": e.code, "message": e.message})) }
+                }
+            });
+        }
+    }
+    Ok(axum::Json(HeartbeatsAnswer { results: results.into_iter().map(|r| r.expect("every heartbeat answered")).collect() }))
 }
 
 async fn report<S: Store>(app: &AppState<S>, id: JobId, token: String, outcome: Outcome) -> ApiResult<axum::Json<Job>> {
