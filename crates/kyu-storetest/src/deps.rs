@@ -235,6 +235,28 @@ pub async fn children_without_wait_and_failed_child<S: Store>(s: S) {
     assert!(p.errors.last().unwrap().message.contains(kid_id.as_str()));
 }
 
+pub async fn children_already_done_keep_the_job_running<S: Store>(s: S) {
+    use kyu_store::JobAddChildrenParams;
+    // A child that ran already (a retried parent adding the same ids again).
+    let mut kid = spec("done-kids", "child");
+    kid.id = Some("done-kid-1".into());
+    enqueue(&s, kid.clone()).await;
+    let k = claim_one(&s, "done-kids").await;
+    complete(&s, &k, json!({"n": 1})).await.unwrap();
+
+    let parent = enqueue(&s, spec("done", "parent")).await;
+    let run = claim_one(&s, "done").await;
+    let kids = validated(&s, vec![kid]);
+    let added = s.job_add_children(JobAddChildrenParams { id: parent.clone(), token: run.token.clone(), jobs: kids, wait: true }).await.unwrap();
+    assert!(!added.waiting, "nothing to wait for");
+    assert!(added.children[0].duplicate);
+    // The job is still running under the same token: its next write is accepted.
+    let p = get(&s, &parent).await;
+    assert_eq!((p.state, p.attempt), (JobState::Running, 1));
+    complete(&s, &run, json!("done")).await.unwrap();
+    assert_eq!(get(&s, &parent).await.state, JobState::Completed);
+}
+
 pub async fn flow_of_ten_thousand_releases_parent_once<S: Store>(s: S) {
     let n = 10_000;
     let flow = kyu_core::Flow {

@@ -211,3 +211,21 @@ pub async fn events_after_commit<S: Store>(s: S) {
         }
     }
 }
+
+pub async fn keep_failed_ms_per_job<S: Store>(s: S) {
+    let mut short = spec("q", "k");
+    short.max_attempts = Some(1);
+    short.keep_failed_ms = Some(1_000);
+    let brief = enqueue(&s, short).await;
+    let mut plain = spec("q", "k");
+    plain.max_attempts = Some(1);
+    let kept = enqueue(&s, plain).await;
+    for j in claim(&s, "q", 2).await {
+        fail(&s, &j, "no").await.unwrap();
+    }
+    assert_eq!(get(&s, &brief).await.keep_failed_ms, Some(1_000));
+    s.clock().advance(1_001);
+    assert_eq!(s.job_prune(JobPruneParams::default()).await.unwrap(), 1);
+    assert!(s.job_get(&brief).await.unwrap().is_none(), "pruned after its own keep_failed_ms");
+    assert_eq!(get(&s, &kept).await.state, JobState::Failed, "kept for the default 7 days");
+}

@@ -218,3 +218,51 @@ pub async fn reports_in_a_batch_are_independent<S: Store>(s: S) {
     assert_eq!(get(&s, &jobs[1].id).await.state, JobState::Running);
     assert_eq!(get(&s, &jobs[2].id).await.state, JobState::Completed);
 }
+
+pub async fn heartbeating_job_past_its_timeout_fails_with_timeout<S: Store>(s: S) {
+    let mut sp = spec("q", "k");
+    sp.timeout_ms = Some(2_000);
+    sp.max_attempts = Some(2);
+    let id = enqueue(&s, sp).await;
+    let j = claim_one(&s, "q").await;
+    assert_eq!(j.timeout_ms, Some(2_000));
+    // The worker ignores the limit and keeps heartbeating: the store still
+    // takes the job back once the limit plus the grace period (10 s) passed.
+    for _ in 0..5 {
+        s.clock().advance(2_000);
+        let hb = JobHeartbeatParams { jobs: vec![(id.clone(), j.token.clone())], lease_ms: 30_000 };
+        s.job_heartbeat_many(hb).await.unwrap().remove(0).expect("still held");
+        s.job_rescue().await.unwrap();
+        assert_eq!(get(&s, &id).await.state, JobState::Running, "not before the grace period");
+    }
+    s.clock().advance(2_100);
+    assert_eq!(s.job_rescue().await.unwrap().expired, 1);
+    let job = get(&s, &id).await;
+    assert_ne!(job.state, JobState::Running);
+    assert_eq!(job.errors.len(), 1);
+    assert_eq!((job.errors[0].attempt, job.errors[0].message.as_str()), (1, "timeout"));
+    // Its late writes are refused; the retry runs as attempt 2.
+    assert_conflict(complete(&s, &j, json!("late")).await);
+    s.clock().advance(10 * 60_000);
+    s.job_rescue().await.unwrap();
+    assert_eq!(claim_one(&s, "q").await.attempt, 2);
+}
+
+pub async fn queue_default_timeout_applies<S: Store>(s: S) {
+    let update = kyu_store::QueueUpdateParams { name: q("q"), timeout_ms: Some(Some(1_000)), ..Default::default() };
+    assert_eq!(s.queue_update(update).await.unwrap().timeout_ms, Some(1_000));
+    let own = {
+        let mut sp = spec("q", "own");
+        sp.timeout_ms = Some(60_000);
+        sp.priority = Some(1);
+        enqueue(&s, sp).await
+    };
+    let plain = enqueue(&s, spec("q", "plain")).await;
+    let jobs = claim(&s, "q", 2).await;
+    assert_eq!((&jobs[0].id, jobs[0].timeout_ms), (&own, Some(60_000)));
+    assert_eq!((&jobs[1].id, jobs[1].timeout_ms), (&plain, Some(1_000)), "the queue's default");
+    s.clock().advance(11_001);
+    assert_eq!(s.job_rescue().await.unwrap().expired, 1, "only the job on the queue's 1 s limit");
+    assert_eq!(get(&s, &plain).await.errors[0].message, "timeout");
+    assert_eq!(get(&s, &own).await.state, JobState::Running);
+}

@@ -14,6 +14,7 @@
 //! A change to the trait or to either backend extends this suite.
 
 pub mod deps;
+pub mod hostile;
 pub mod job_admin;
 pub mod job_claim;
 pub mod job_insert;
@@ -50,6 +51,11 @@ macro_rules! conformance {
             job_report::snooze_gives_attempt_back,
             job_report::checkpoint_and_progress_are_fenced,
             job_report::reports_in_a_batch_are_independent,
+            job_report::heartbeating_job_past_its_timeout_fails_with_timeout,
+            job_report::queue_default_timeout_applies,
+            hostile::bad_report_in_a_batch_holds_back_nothing,
+            hostile::nul_and_huge_numbers_are_refused_alike,
+            hostile::claims_and_filters_are_checked,
             job_admin::cancel_queued_job,
             job_admin::cancel_running_job_then_fail,
             job_admin::cancel_running_job_then_complete,
@@ -59,6 +65,7 @@ macro_rules! conformance {
             job_admin::bulk_retry_by_filter,
             job_admin::delete_job,
             job_admin::prune_after_retention,
+            job_admin::keep_failed_ms_per_job,
             job_admin::list_filters_and_pages,
             job_admin::events_after_commit,
             queue::pause_and_resume,
@@ -76,6 +83,7 @@ macro_rules! conformance {
             deps::chain_of_five_passes_results,
             deps::children_with_wait_resume_from_checkpoint,
             deps::children_without_wait_and_failed_child,
+            deps::children_already_done_keep_the_job_running,
             deps::flow_of_ten_thousand_releases_parent_once,
             schedules::schedule_crud_and_advance,
             schedules::scheduler_fires_each_tick_once,
