@@ -23,6 +23,7 @@ pub mod queue;
 pub mod race;
 pub mod schedules;
 pub mod support;
+pub mod walk;
 
 /// Stamps out the whole suite for one backend.
 #[macro_export]
@@ -88,7 +89,8 @@ macro_rules! conformance {
             schedules::schedule_crud_and_advance,
             schedules::scheduler_fires_each_tick_once,
             race::concurrent_claimers_never_share_a_job,
-            race::concurrent_reports_and_claims
+            race::concurrent_reports_and_claims,
+            walk::random_walks_keep_the_invariants
         );
     };
     (@cases $factory:path; $($module:ident :: $case:ident),* $(,)?) => {
