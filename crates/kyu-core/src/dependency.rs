@@ -3,7 +3,7 @@
 //! waiting job is released. Both backends gather the dependencies' states,
 //! ask these functions, and write the answer.
 
-use crate::transition::runnable_state;
+use crate::transition::{Step, runnable_state};
 use crate::{ErrorEntry, JobId, JobState, Millis, ValidationError};
 
 /// What a dependency in `state` means for a job waiting on it.
@@ -92,6 +92,29 @@ pub enum ChildrenPlan {
     Wait(Vec<usize>),
 }
 
+impl ChildrenPlan {
+    /// For a plan that ends the job: how it ends.
+    pub fn ending(&self) -> Option<Step> {
+        match self {
+            ChildrenPlan::Cancel => Some(Step::Finish { state: JobState::Cancelled, error: None }),
+            ChildrenPlan::Fail(child) => Some(Step::Finish { state: JobState::Failed, error: Some(broken_message(child)) }),
+            ChildrenPlan::KeepRunning | ChildrenPlan::Wait(_) => None,
+        }
+    }
+}
+
+/// A job that waits for its children keeps them among its dependencies,
+/// so its next run sees their results: its `depends_on` with the children
+/// added (each once).
+pub fn with_children(mut depends_on: Vec<String>, children: &[&JobId]) -> Vec<String> {
+    for c in children {
+        if !depends_on.iter().any(|d| d == c.as_str()) {
+            depends_on.push(c.to_string());
+        }
+    }
+    depends_on
+}
+
 /// Children of a running job, with their states after the insert.
 pub fn plan_children(
     wait: bool,
@@ -121,6 +144,50 @@ pub fn released_state(now: Millis, run_at: Millis) -> JobState {
     runnable_state(now, run_at)
 }
 
+/// What a waiting job does on learning that some of its dependencies
+/// finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// One of them failed (and it does not continue on failure): it fails,
+    /// naming the dependency.
+    Fail {
+        /// The broken dependency.
+        dep: JobId,
+        /// Its error.
+        error: String,
+    },
+    /// It waits for `pending` more, or is released (`state` is `queued` or
+    /// `scheduled`) when none is left.
+    Count {
+        /// Dependencies still to finish.
+        pending: i64,
+        /// `waiting`, or the state it is released into.
+        state: JobState,
+    },
+}
+
+/// A waiting job at `now`, due at `run_at`, with `pending` dependencies
+/// outstanding, learns that `finished` (id, final state) have finished.
+pub fn settle(
+    now: Millis,
+    run_at: Millis,
+    pending: i64,
+    continue_on_failure: bool,
+    finished: &[(&JobId, JobState)],
+) -> Settled {
+    let mut satisfied = 0i64;
+    for (id, state) in finished {
+        match dependency(*state, continue_on_failure) {
+            Dependency::Satisfied => satisfied += 1,
+            Dependency::Broken => return Settled::Fail { dep: (*id).clone(), error: broken_message(id) },
+            Dependency::Pending => {}
+        }
+    }
+    let left = (pending - satisfied).max(0);
+    let state = if left == 0 { released_state(now, run_at) } else { JobState::Waiting };
+    Settled::Count { pending: left, state }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +210,19 @@ mod tests {
         let plan = plan_insert(now, now, true, &[(&b, Some(JobState::Failed))]).unwrap();
         assert_eq!(plan.state, JobState::Queued);
         assert_eq!(plan_insert(now, now, false, &[(&a, Some(JobState::Queued)), (&b, None)]).unwrap_err().field, "depends_on[1]");
+    }
+
+    #[test]
+    fn settling_counts_and_breaks() {
+        let (a, b) = (id("a"), id("b"));
+        let now = Millis(5);
+        assert_eq!(settle(now, now, 2, false, &[(&a, JobState::Completed)]), Settled::Count { pending: 1, state: JobState::Waiting });
+        assert_eq!(
+            settle(now, Millis(9), 2, false, &[(&a, JobState::Completed), (&b, JobState::Completed)]),
+            Settled::Count { pending: 0, state: JobState::Scheduled }
+        );
+        assert!(matches!(settle(now, now, 2, false, &[(&b, JobState::Cancelled)]), Settled::Fail { dep, .. } if dep == b));
+        assert_eq!(settle(now, now, 1, true, &[(&b, JobState::Failed)]), Settled::Count { pending: 0, state: JobState::Queued });
     }
 
     #[test]

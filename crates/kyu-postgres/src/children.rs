@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use kyu_core::dependency::{ChildrenPlan, broken_message, plan_children};
+use kyu_core::dependency::{ChildrenPlan, plan_children, with_children};
 use kyu_core::{JobId, JobState};
 use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError};
 use serde_json::Value;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::finish::{Finished, finish_many, held, settle_dependents};
+use crate::finish::{apply, held, settle_dependents};
 use crate::insert::{insert_many, link_dependencies};
 use crate::read::state_of;
 use crate::tx::Tx;
@@ -38,32 +38,14 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
     }
     let plan = plan_children(p.wait, parent.attempt.cancel_requested, continue_on_failure, &states);
     let waiting = match plan {
-        ChildrenPlan::KeepRunning => false,
-        ChildrenPlan::Cancel | ChildrenPlan::Fail(_) => {
-            let (state, error) = match &plan {
-                ChildrenPlan::Fail(child) => (JobState::Failed, Some(broken_message(child))),
-                _ => (JobState::Cancelled, None),
-            };
-            finish_many(tx, vec![(parent.seq, parent.id.clone(), state, error, parent.keep_failed_ms)]).await?;
-            if parent.has_dependents {
-                settle_dependents(tx, vec![Finished { seq: parent.seq, id: parent.id.clone(), state }]).await?;
-            }
-            false
-        }
         ChildrenPlan::Wait(pending) => {
             let pending: Vec<i64> = pending.into_iter().map(|i| seqs[i]).collect();
             link_dependencies(tx, parent.seq, &pending).await?;
-            // The children join the parent's dependencies, so its next run
-            // sees their results.
-            let mut ids: Vec<String> = match depends_on {
+            let known: Vec<String> = match depends_on {
                 Some(v) => serde_json::from_value(v).map_err(|e| StoreError::Backend(e.into()))?,
                 None => Vec::new(),
             };
-            for c in &children {
-                if !ids.iter().any(|i| i == c.id.as_str()) {
-                    ids.push(c.id.to_string());
-                }
-            }
+            let ids = with_children(known, &states.iter().map(|s| s.0).collect::<Vec<_>>());
             tx.c.execute(
                 "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + $2, depends_on = $3::text::jsonb, \
                  attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL WHERE seq = $1",
@@ -72,6 +54,13 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
             .await
             .db()?;
             true
+        }
+        other => {
+            if let Some(step) = other.ending() {
+                let finished = apply(tx, vec![(parent, step)]).await?;
+                settle_dependents(tx, finished).await?;
+            }
+            false
         }
     };
     Ok(AddedChildren { children, waiting })

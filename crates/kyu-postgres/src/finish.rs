@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use kyu_core::dependency::{Dependency, broken_message, dependency, released_state};
+use kyu_core::dependency::{Settled, settle};
 use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
@@ -262,10 +262,9 @@ struct Dependent {
     deps: Vec<i64>,
 }
 
-/// Jobs that reached a terminal state: each waiting dependent counts the
-/// ones that satisfy it ([`dependency`]) and is released when none is left
-/// pending, or fails, naming a broken one, and its own dependents learn of
-/// that in turn. Dependents are read under a row lock, so concurrent
+/// Jobs that reached a terminal state: each waiting dependent is settled
+/// ([`settle`]): released when none is left pending, or failed, naming a
+/// broken one, and its own dependents learn of that in turn. Dependents are read under a row lock, so concurrent
 /// batches finishing children of one parent take turns and each sees the
 /// other's count: a parent is released exactly once however they race.
 pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec<Finished>) -> Result<(), StoreError> {
@@ -303,29 +302,21 @@ pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec
         let (mut seqs, mut left, mut states) = (Vec::new(), Vec::new(), Vec::new());
         let mut ends = Vec::new();
         for d in dependents {
-            let mut satisfied = 0;
-            let mut broken: Option<&JobId> = None;
-            for dep in &d.deps {
-                let (dep_id, dep_state) = &by_seq[dep];
-                match dependency(*dep_state, d.continue_on_failure) {
-                    Dependency::Satisfied => satisfied += 1,
-                    Dependency::Broken => broken = broken.or(Some(dep_id)),
-                    Dependency::Pending => {}
+            let deps: Vec<(&JobId, JobState)> = d.deps.iter().map(|dep| (&by_seq[dep].0, by_seq[dep].1)).collect();
+            match settle(tx.now, d.run_at, i64::from(d.pending), d.continue_on_failure, &deps) {
+                Settled::Fail { error, .. } => {
+                    ends.push((d.seq, d.id.clone(), JobState::Failed, Some(error), d.keep_failed_ms));
+                    finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
+                }
+                Settled::Count { pending, state } => {
+                    if wakes_workers(state) {
+                        tx.event(StoreEvent::JobsAvailable(queue_name(&d.queue)));
+                    }
+                    seqs.push(d.seq);
+                    left.push(pending as i32);
+                    states.push(state.as_str());
                 }
             }
-            if let Some(dep) = broken {
-                ends.push((d.seq, d.id.clone(), JobState::Failed, Some(broken_message(dep)), d.keep_failed_ms));
-                finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
-                continue;
-            }
-            let remaining = (d.pending - satisfied).max(0);
-            let state = if remaining == 0 { released_state(tx.now, d.run_at) } else { JobState::Waiting };
-            if wakes_workers(state) {
-                tx.event(StoreEvent::JobsAvailable(queue_name(&d.queue)));
-            }
-            seqs.push(d.seq);
-            left.push(remaining);
-            states.push(state.as_str());
         }
         if !seqs.is_empty() {
             tx.c.execute(

@@ -2,12 +2,12 @@
 //! that does to the parent is kyu-core's [`plan_children`].
 
 use kyu_core::JobState;
-use kyu_core::dependency::{ChildrenPlan, broken_message, plan_children};
+use kyu_core::dependency::{ChildrenPlan, plan_children, with_children};
 use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError};
 use rusqlite::params;
 
 use crate::error::SqlResultExt;
-use crate::finish::{Finished, finish, held, settle_dependents};
+use crate::finish::{apply, held};
 use crate::insert::{insert_many, link_dependencies};
 use crate::read::{Json, State};
 use crate::writer::Tx;
@@ -35,29 +35,10 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
     }
     let plan = plan_children(p.wait, parent.attempt.cancel_requested, continue_on_failure, &states);
     let waiting = match plan {
-        ChildrenPlan::KeepRunning => false,
-        ChildrenPlan::Cancel | ChildrenPlan::Fail(_) => {
-            let (state, error) = match &plan {
-                ChildrenPlan::Fail(child) => (JobState::Failed, Some(broken_message(child))),
-                _ => (JobState::Cancelled, None),
-            };
-            finish(tx, parent.seq, &parent.id, state, error.as_deref(), parent.keep_failed_ms)?;
-            if parent.has_dependents {
-                settle_dependents(tx, vec![Finished { seq: parent.seq, id: parent.id.clone(), state }])?;
-            }
-            false
-        }
         ChildrenPlan::Wait(pending) => {
             let pending: Vec<i64> = pending.into_iter().map(|i| seqs[i]).collect();
             link_dependencies(tx, parent.seq, &pending)?;
-            // The children join the parent's dependencies, so its next run
-            // sees their results.
-            let mut ids: Vec<String> = depends_on.map(|j| j.0).unwrap_or_default();
-            for c in &children {
-                if !ids.iter().any(|i| i == c.id.as_str()) {
-                    ids.push(c.id.to_string());
-                }
-            }
+            let ids = with_children(depends_on.map(|j| j.0).unwrap_or_default(), &states.iter().map(|s| s.0).collect::<Vec<_>>());
             tx.conn
                 .prepare_cached(
                     "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + ?2, depends_on = ?3, \
@@ -67,6 +48,12 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
                 .execute(params![parent.seq, pending.len() as i64, serde_json::to_string(&ids).expect("ids")])
                 .db()?;
             true
+        }
+        other => {
+            if let Some(step) = other.ending() {
+                apply(tx, &parent, step)?;
+            }
+            false
         }
     };
     Ok(AddedChildren { children, waiting })

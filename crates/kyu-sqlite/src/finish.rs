@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use kyu_core::dependency::{Dependency, broken_message, dependency, released_state};
+use kyu_core::dependency::{Settled, settle};
 use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
@@ -201,10 +201,10 @@ struct Dependent {
     deps: Vec<i64>,
 }
 
-/// Jobs that reached a terminal state: each waiting dependent counts the
-/// ones that satisfy it ([`dependency`]) and is released when none is left
-/// pending, or fails, naming a broken one, and its own dependents learn that
-/// in turn, down the tree. All in the caller's transaction.
+/// Jobs that reached a terminal state: each waiting dependent is settled
+/// ([`settle`]): released when none is left pending, or failed, naming a
+/// broken one, and its own dependents learn that in turn, down the tree.
+/// All in the caller's transaction.
 pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) -> Result<(), StoreError> {
     while !finished.is_empty() {
         let by_seq: HashMap<i64, (JobId, JobState)> = finished.drain(..).map(|f| (f.seq, (f.id, f.state))).collect();
@@ -240,30 +240,22 @@ pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) ->
             }
         }
         for d in dependents {
-            let mut satisfied = 0i64;
-            let mut broken: Option<&JobId> = None;
-            for dep in &d.deps {
-                let (dep_id, dep_state) = &by_seq[dep];
-                match dependency(*dep_state, d.continue_on_failure) {
-                    Dependency::Satisfied => satisfied += 1,
-                    Dependency::Broken => broken = broken.or(Some(dep_id)),
-                    Dependency::Pending => {}
+            let deps: Vec<(&JobId, JobState)> = d.deps.iter().map(|dep| (&by_seq[dep].0, by_seq[dep].1)).collect();
+            match settle(tx.now, d.run_at, d.pending, d.continue_on_failure, &deps) {
+                Settled::Fail { error, .. } => {
+                    finish(tx, d.seq, &d.id, JobState::Failed, Some(&error), d.keep_failed_ms)?;
+                    finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
                 }
-            }
-            if let Some(dep) = broken {
-                finish(tx, d.seq, &d.id, JobState::Failed, Some(&broken_message(dep)), d.keep_failed_ms)?;
-                finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
-                continue;
-            }
-            let left = d.pending - satisfied;
-            let state = if left <= 0 { released_state(tx.now, d.run_at) } else { JobState::Waiting };
-            tx.conn
-                .prepare_cached("UPDATE kyu_jobs SET pending_deps = ?2, state = ?3 WHERE seq = ?1")
-                .db()?
-                .execute(params![d.seq, left.max(0), state.as_str()])
-                .db()?;
-            if wakes_workers(state) {
-                tx.events.push(StoreEvent::JobsAvailable(queue_name(&d.queue)));
+                Settled::Count { pending, state } => {
+                    tx.conn
+                        .prepare_cached("UPDATE kyu_jobs SET pending_deps = ?2, state = ?3 WHERE seq = ?1")
+                        .db()?
+                        .execute(params![d.seq, pending, state.as_str()])
+                        .db()?;
+                    if wakes_workers(state) {
+                        tx.events.push(StoreEvent::JobsAvailable(queue_name(&d.queue)));
+                    }
+                }
             }
         }
     }
