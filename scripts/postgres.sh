@@ -48,4 +48,6 @@ kyu_pg_stop() {
 trap kyu_pg_stop EXIT
 
 export KYU_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$KYU_PG_PORT/postgres"
+# The fault suite crashes and restarts the server under load with this.
+export KYU_TEST_PG_RESTART="${KYU_PG_RUN[*]} $KYU_PG_BIN/pg_ctl -D $KYU_PG_DIR/data -l $KYU_PG_DIR/server.log -w -t 60 -m immediate restart"
 echo "== PostgreSQL $("$KYU_PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$KYU_PG_PORT"

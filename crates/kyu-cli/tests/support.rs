@@ -100,7 +100,7 @@ impl Kyu {
             if got >= n {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(120), "only {got} of {n} jobs reached {state}");
+            assert!(start.elapsed() < Duration::from_secs(120), "only {got} of {n} jobs reached {state}: {}", self.json(&["queues"]));
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -138,10 +138,34 @@ pub struct Server {
     pub url: String,
 }
 
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// SIGKILL: no chance to clean up.
+pub fn kill9(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Kyu {
     /// Starts `kyu server` with `args` and waits until it answers /healthz.
     pub fn server(&self, log: &str, args: &[&str]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        self.server_at(log, free_port(), args)
+    }
+
+    /// [`Kyu::server`] on a given port (to restart one where it was).
+    pub fn server_at(&self, log: &str, port: u16, args: &[&str]) -> Server {
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec!["server", "--listen", listen.as_str()];
         all.extend_from_slice(args);

@@ -1,5 +1,6 @@
 //! The `kyu` binary end to end: real processes on a real SQLite file.
 
+#[allow(dead_code)]
 mod support;
 
 mod bench;

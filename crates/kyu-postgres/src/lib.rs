@@ -152,7 +152,11 @@ impl PgStore {
         } else {
             config.options("-c client_min_messages=warning");
         }
-        config.application_name("kyu");
+        // Named so operators can find kyu in pg_stat_activity, unless the
+        // URL names it (`?application_name=kyu-worker-3`).
+        if config.get_application_name().is_none() {
+            config.application_name("kyu");
+        }
         let (mut client, connection) = config
             .connect(NoTls)
             .await

@@ -13,6 +13,7 @@ use kyu_store::StoreEvent;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::error::PgError;
 use crate::migrate::quote_ident;
 use crate::tx::parse_payload;
 
@@ -40,17 +41,18 @@ pub(crate) async fn run(
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "LISTEN connection failed");
+                                tracing::warn!(error = %PgError::from(e), "LISTEN connection failed");
                                 break;
                             }
                         }
                     }
                 });
                 if let Err(e) = client.batch_execute(&format!("LISTEN {}", quote_ident(&channel))).await {
-                    tracing::warn!(error = %e, "LISTEN failed");
+                    tracing::warn!(error = %PgError::from(e), "LISTEN failed");
                     driver.abort();
                 } else {
                     up.store(true, Ordering::Relaxed);
+                    tracing::info!(channel = %channel, "listening for notifications");
                     pause = Duration::from_millis(50);
                     if !first {
                         resync(&client, &events).await;
@@ -65,7 +67,7 @@ pub(crate) async fn run(
                     tracing::warn!("LISTEN connection lost; reconnecting (polling meanwhile)");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying in {pause:?}"),
+            Err(e) => tracing::warn!(error = %PgError::from(e), "cannot open the LISTEN connection; retrying in {pause:?}"),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));

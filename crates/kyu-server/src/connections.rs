@@ -43,7 +43,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
-            evict_idle_after: Duration::from_millis(500),
+            evict_idle_after: Duration::from_millis(50),
         }
     }
 }

@@ -129,7 +129,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(error_pause) => {}
                 }
-                error_pause = (error_pause * 2).min(Duration::from_secs(5));
+                error_pause = (error_pause * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
