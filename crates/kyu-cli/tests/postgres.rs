@@ -1,7 +1,6 @@
 //! Worker processes sharing one PostgreSQL database.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::support::{Kyu, heavy, terminate};
 
@@ -55,15 +54,16 @@ fn four_workers_ten_thousand_jobs_one_killed() {
 }
 
 /// An idle worker polling once a minute starts a job enqueued by another
-/// process within 50 ms: LISTEN/NOTIFY does the work, not the poller.
+/// process at once: LISTEN/NOTIFY does the work, not the poller. (The bound
+/// is far under the poll interval, not a latency target: latency is
+/// measured by `kyu bench`, W3.)
 #[test]
-fn idle_worker_starts_a_job_from_another_process_within_50ms() {
+fn idle_worker_is_woken_by_notify_not_by_its_poll() {
     let _heavy = heavy();
     let k = Kyu::postgres();
     k.ok(&["queues"]); // creates the schema before the worker starts
     let worker = k.spawn("idle", &["work", "-q", "wake", "-c", "1", "--poll", "60s", "--", "cat"]);
-    k.wait_log("idle", "kyu work started");
-    std::thread::sleep(Duration::from_millis(500)); // the LISTEN connection comes up
+    k.wait_log("idle", "listening for notifications");
     let mut gaps = Vec::new();
     for i in 0..5 {
         let id = format!("wake-{i}");
@@ -73,12 +73,11 @@ fn idle_worker_starts_a_job_from_another_process_within_50ms() {
         let created = job["created_at"].as_str().unwrap().to_string();
         let started = job["started_at"].as_str().unwrap().to_string();
         gaps.push(ms(&started) - ms(&created));
-        std::thread::sleep(Duration::from_millis(300));
     }
     assert!(terminate(worker).success());
     gaps.sort();
     eprintln!("enqueue-to-start gaps (ms): {gaps:?}");
-    assert!(gaps[gaps.len() - 1] <= 50, "enqueue-to-start gaps (ms): {gaps:?}");
+    assert!(gaps[gaps.len() - 1] <= 5_000, "woken within seconds, not the 60 s poll: gaps (ms) {gaps:?}");
 }
 
 fn ms(rfc3339: &str) -> i64 {

@@ -237,8 +237,10 @@ pub struct ClaimedJob {
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Claims per window.
+    #[serde(deserialize_with = "crate::wire::i64")]
     pub max: i64,
     /// Window length.
+    #[serde(deserialize_with = "crate::wire::i64")]
     pub per_ms: i64,
 }
 

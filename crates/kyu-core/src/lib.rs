@@ -26,6 +26,7 @@ pub mod state;
 pub mod time;
 pub mod transition;
 pub mod validate;
+pub mod wire;
 
 pub use flow::Flow;
 pub use job::{new_token, ClaimedJob, ErrorEntry, Job, JobId, QueueInfo, QueueName, RateLimit};

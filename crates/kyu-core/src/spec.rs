@@ -43,28 +43,28 @@ pub struct JobSpec {
     #[serde(default)]
     pub payload: Value,
     /// Higher runs first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i32")]
     pub priority: Option<i32>,
     /// Absolute earliest start (RFC 3339). Exclusive with `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
     /// Relative earliest start. Exclusive with `run_at`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i64")]
     pub delay_ms: Option<i64>,
     /// Attempts allowed (default 5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i32")]
     pub max_attempts: Option<i32>,
     /// Retry delay policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Per-attempt time limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i64")]
     pub timeout_ms: Option<i64>,
     /// Deduplication key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_key: Option<String>,
     /// Window of the key, from enqueue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i64")]
     pub unique_for_ms: Option<i64>,
     /// Ids this job waits for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -73,10 +73,10 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_on_failure: bool,
     /// How long to keep the job once completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i64")]
     pub keep_result_ms: Option<i64>,
     /// How long to keep the job once failed or cancelled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::wire::opt_i64")]
     pub keep_failed_ms: Option<i64>,
     /// Free labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

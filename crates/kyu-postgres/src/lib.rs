@@ -52,7 +52,7 @@ mod tests {
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use kyu_core::transition::Retention;
@@ -106,7 +106,7 @@ struct Inner {
     clock: Clock,
     settings: Settings,
     events: broadcast::Sender<StoreEvent>,
-    listening: Arc<AtomicBool>,
+    listening: Arc<listen::Listening>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -178,7 +178,7 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let channel = format!("kyu:{}", opts.schema.as_deref().unwrap_or("public"));
         let (events, _) = broadcast::channel(4096);
-        let listening = Arc::new(AtomicBool::new(false));
+        let listening = Arc::new(listen::Listening::default());
         let listener = tokio::spawn(listen::run(config, channel.clone(), events.clone(), listening.clone()));
         let settings = Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
@@ -220,7 +220,13 @@ impl PgStore {
 
     /// Whether the LISTEN connection is up right now.
     pub fn is_listening(&self) -> bool {
-        self.inner.listening.load(Ordering::Relaxed)
+        self.inner.listening.up.load(Ordering::Relaxed)
+    }
+
+    /// How many times the LISTEN connection has come up (1 until it is
+    /// lost and reconnects).
+    pub fn listen_connects(&self) -> u64 {
+        self.inner.listening.connects.load(Ordering::Relaxed)
     }
 }
 

@@ -6,7 +6,7 @@
 //! their polling fallback while it is down.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use kyu_store::StoreEvent;
@@ -17,12 +17,20 @@ use crate::error::PgError;
 use crate::migrate::quote_ident;
 use crate::tx::parse_payload;
 
+/// Whether the LISTEN connection is up, and how many times it came up.
+#[derive(Default)]
+pub(crate) struct Listening {
+    pub up: AtomicBool,
+    pub connects: AtomicU64,
+}
+
 pub(crate) async fn run(
     config: tokio_postgres::Config,
     channel: String,
     events: broadcast::Sender<StoreEvent>,
-    up: Arc<AtomicBool>,
+    state: Arc<Listening>,
 ) {
+    let up = &state.up;
     let mut pause = Duration::from_millis(50);
     let mut first = true;
     loop {
@@ -52,6 +60,7 @@ pub(crate) async fn run(
                     driver.abort();
                 } else {
                     up.store(true, Ordering::Relaxed);
+                    state.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(channel = %channel, "listening for notifications");
                     pause = Duration::from_millis(50);
                     if !first {

@@ -1,7 +1,7 @@
 //! Queue endpoints.
 
 use axum::extract::State;
-use kyu_core::{QueueInfo, QueueName, RateLimit};
+use kyu_core::{QueueInfo, QueueName, RateLimit, wire};
 use kyu_store::{QueueList, QueueUpdateParams, Store};
 use serde::{Deserialize, Deserializer};
 
@@ -21,13 +21,13 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Patch {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "wire::present_i32")]
     concurrency: Option<Option<i32>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Option<RateLimit>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "wire::present_i32")]
     group_concurrency: Option<Option<i32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "wire::present_i64")]
     timeout_ms: Option<Option<i64>>,
     paused: Option<bool>,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use kyu_core::transition::Failure;
-use kyu_core::{ClaimedJob, Job, JobId, QueueName};
+use kyu_core::{ClaimedJob, Job, JobId, QueueName, wire};
 use kyu_store::{AddedChildren, JobAddChildrenParams, JobClaimParams, JobHeartbeatParams, JobSaveParams, Outcome, Report, Store, StoreEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,10 +25,11 @@ const MAX_CLAIM: usize = 1000;
 pub(crate) struct ClaimRequest {
     queues: Vec<String>,
     worker: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "wire::usize")]
     max: usize,
+    #[serde(default, deserialize_with = "wire::opt_i64")]
     lease_ms: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::u64")]
     wait_ms: u64,
 }
 
@@ -102,6 +103,7 @@ async fn available(events: &mut broadcast::Receiver<StoreEvent>, queues: &[Queue
 #[serde(deny_unknown_fields)]
 pub(crate) struct HeartbeatRequest {
     token: String,
+    #[serde(default, deserialize_with = "wire::opt_i64")]
     lease_ms: Option<i64>,
 }
 
@@ -125,6 +127,7 @@ pub(crate) async fn heartbeat<S: Store>(
 pub(crate) struct HeartbeatItem {
     id: String,
     token: String,
+    #[serde(default, deserialize_with = "wire::opt_i64")]
     lease_ms: Option<i64>,
 }
 
@@ -221,6 +224,7 @@ pub(crate) async fn complete<S: Store>(
 pub(crate) struct FailRequest {
     token: String,
     error: String,
+    #[serde(default, deserialize_with = "wire::opt_i64")]
     retry_in_ms: Option<i64>,
     retry: Option<bool>,
 }
@@ -243,6 +247,7 @@ pub(crate) async fn fail<S: Store>(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SnoozeRequest {
     token: String,
+    #[serde(deserialize_with = "wire::i64")]
     delay_ms: i64,
 }
 
@@ -338,12 +343,14 @@ pub(crate) enum ReportItem {
         id: String,
         token: String,
         error: String,
+        #[serde(default, deserialize_with = "wire::opt_i64")]
         retry_in_ms: Option<i64>,
         retry: Option<bool>,
     },
     Snooze {
         id: String,
         token: String,
+        #[serde(deserialize_with = "wire::i64")]
         delay_ms: i64,
     },
 }
