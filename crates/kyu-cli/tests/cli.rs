@@ -50,7 +50,7 @@ fn bad_input_is_refused_with_clear_errors_and_statuses() {
         (&["enqueue", "q", "bad kind"], 2, "kind"),
         (&["enqueue", "q", "k", "--delay", "soon"], 2, "not a duration"),
         (&["enqueue", "q", "k", "--max-attempts", "0"], 2, "max_attempts"),
-        (&["enqueue", "q", "k", "--depends-on", "ghost"], 1, "no job with id `ghost`"),
+        (&["enqueue", "q", "k", "--depends-on", "ghost"], 1, "job `ghost` (depends_on[0]) not found"),
         (&["status", "ghost"], 1, "not found"),
         (&["cancel", "ghost"], 1, "not found"),
         (&["jobs", "--state", "sleeping"], 2, "unknown state"),

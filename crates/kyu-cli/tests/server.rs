@@ -143,7 +143,7 @@ fn walkthrough(k: &Kyu) {
         ("POST", "/v1/jobs", Some("{not json"), 400),
         ("POST", "/v1/jobs", Some(r#"{"kind":"k","max_atempts":3}"#), 422),
         ("POST", "/v1/jobs", Some(r#"{"kind":"bad kind"}"#), 422),
-        ("POST", "/v1/jobs", Some(r#"{"kind":"k","depends_on":["ghost"]}"#), 422),
+        ("POST", "/v1/jobs", Some(r#"{"kind":"k","depends_on":["ghost"]}"#), 404),
         ("POST", "/v1/jobs", Some(r#"{"kind":"k","priority":"high"}"#), 422),
         ("POST", "/v1/jobs/batch", Some(r#"{"jobs":[{"kind":"k"},{"kind":"bad kind"}]}"#), 422),
         ("POST", "/v1/jobs/batch", Some(r#"{"jobs":[]}"#), 422),

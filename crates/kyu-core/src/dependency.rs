@@ -4,7 +4,7 @@
 //! ask these functions, and write the answer.
 
 use crate::transition::{Step, runnable_state};
-use crate::{ErrorEntry, JobId, JobState, Millis, ValidationError};
+use crate::{ErrorEntry, JobId, JobState, Millis};
 
 /// What a dependency in `state` means for a job waiting on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,17 @@ pub fn broken_message(dep: &JobId) -> String {
     format!("dependency `{dep}` did not complete")
 }
 
+/// A job named in `depends_on` that does not exist (404: a dependency must
+/// exist already, or come earlier in the same batch).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("job `{id}` (depends_on[{index}])")]
+pub struct MissingDependency {
+    /// Its position in `depends_on`.
+    pub index: usize,
+    /// The id that was not found.
+    pub id: JobId,
+}
+
 /// How a new job starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InsertPlan {
@@ -53,12 +64,12 @@ pub fn plan_insert(
     run_at: Millis,
     continue_on_failure: bool,
     deps: &[(&JobId, Option<JobState>)],
-) -> Result<InsertPlan, ValidationError> {
+) -> Result<InsertPlan, MissingDependency> {
     let mut pending = Vec::new();
     let mut broken: Option<&JobId> = None;
     for (i, (id, state)) in deps.iter().enumerate() {
         let Some(state) = state else {
-            return Err(ValidationError::new(format!("depends_on[{i}]"), format!("no job with id `{id}`")));
+            return Err(MissingDependency { index: i, id: (*id).clone() });
         };
         match dependency(*state, continue_on_failure) {
             Dependency::Satisfied => {}
@@ -209,7 +220,7 @@ mod tests {
         assert_eq!(plan.error.unwrap().message, "dependency `b` did not complete");
         let plan = plan_insert(now, now, true, &[(&b, Some(JobState::Failed))]).unwrap();
         assert_eq!(plan.state, JobState::Queued);
-        assert_eq!(plan_insert(now, now, false, &[(&a, Some(JobState::Queued)), (&b, None)]).unwrap_err().field, "depends_on[1]");
+        assert_eq!(plan_insert(now, now, false, &[(&a, Some(JobState::Queued)), (&b, None)]).unwrap_err().index, 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub struct Flow {
     /// The job that runs once all its children completed.
     pub job: JobSpec,
     /// Subtrees; each child's root must complete first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "crate::wire::null_default")]
     pub children: Vec<Flow>,
 }
 

@@ -33,10 +33,10 @@ pub struct ScheduleSpec {
     /// The job each tick enqueues (its `id` is set per tick).
     pub job: JobSpec,
     /// After downtime, enqueue every missed tick (true) or only the latest (false).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::wire::null_default")]
     pub catchup: bool,
     /// Paused schedules keep their definition but enqueue nothing.
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "crate::wire::default_true")]
     pub enabled: bool,
 }
 
@@ -91,6 +91,13 @@ impl CronSchedule {
         let next = self.cron.find_next_occurrence(&ts.to_zoned(self.tz.clone()), false).ok()?;
         Some(Millis(next.timestamp().as_millisecond()))
     }
+}
+
+/// Every IANA time zone name a schedule may use (the bundled database).
+pub fn time_zone_names() -> Vec<String> {
+    let mut names: Vec<String> = jiff::tz::db().available().map(|n| n.to_string()).collect();
+    names.sort();
+    names
 }
 
 /// Checks a schedule's name: `[A-Za-z0-9_.:-]{1,128}`.

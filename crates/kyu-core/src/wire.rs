@@ -56,6 +56,21 @@ whole_number!(i32, opt_i32, i32);
 whole_number!(u64, opt_u64, u64);
 whole_number!(usize, opt_usize, usize);
 
+/// An optional field whose `null` means absent: its default.
+pub fn null_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A flag that is on unless set (`null` or absent is `true`).
+pub fn default_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Option::<bool>::deserialize(d).map(|b| b.unwrap_or(true))
+}
+
+/// [`u64`] where `null` means absent (0).
+pub fn null_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    opt_u64(d).map(Option::unwrap_or_default)
+}
+
 /// An optional field where `null` and absent differ: absent stays `None`,
 /// `null` is `Some(None)` (a PATCH that clears a limit).
 pub fn present_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {

@@ -79,6 +79,19 @@ const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
 /// Tags, groups, unique keys: no control characters.
 const LABEL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,128}$";
 
+/// A duration in milliseconds, as the validators bound it.
+fn duration() -> Value {
+    json!({"type": "integer", "minimum": 0, "maximum": kyu_core::validate::MAX_DURATION_MS})
+}
+
+/// A positive duration (time limits).
+fn positive_duration() -> Value {
+    json!({"type": "integer", "minimum": 1, "maximum": kyu_core::validate::MAX_DURATION_MS})
+}
+
+/// RFC 3339 with a year the store can hold whatever the offset (1971-9998).
+const TIME_PATTERN: &str = "^(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-";
+
 fn path_param(name: &str) -> Value {
     let pattern = if name == "id" { ID_PATTERN } else { NAME_PATTERN };
     json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}})
@@ -101,18 +114,18 @@ pub fn document() -> Value {
     };
     add("/v1/jobs", "post", op("Enqueue a job", none.clone(), Some(body(r("JobSpec"))),
         vec![ok("201", "created", Some(r("Job"))), ok("200", "duplicate: nothing created", Some(r("Job")))],
-        &["400", "401", "403", "413", "415", "422"]));
+        &["400", "401", "403", "404", "413", "415", "422"]));
     add("/v1/jobs", "get", op("List jobs, newest first",
-        json!([query("queue", name.clone()), query("state", r("State")), query("kind", json!({"type": "string"})),
-               query("tag", json!({"type": "string"})), query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
-               query("cursor", json!({"type": "string"}))]),
+        json!([query("queue", name.clone()), query("state", r("State")), query("kind", name.clone()),
+               query("tag", json!({"type": "string", "pattern": LABEL_PATTERN})), query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+               query("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}))]),
         None, vec![ok("200", "a page", Some(r("JobPage")))], &["400", "401", "403", "422"]));
     add("/v1/jobs/batch", "post", op("Enqueue jobs atomically", none.clone(),
         Some(body(json!({"type": "object", "required": ["jobs"], "additionalProperties": false,
             "properties": {"jobs": {"type": "array", "items": r("JobSpec"), "minItems": 1}}}))),
-        vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "415", "422"]));
+        vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "404", "413", "415", "422"]));
     add("/v1/flows", "post", op("Enqueue a tree of jobs; each parent depends on its children", none.clone(),
-        Some(body(r("Flow"))), vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "413", "415", "422"]));
+        Some(body(r("Flow"))), vec![ok("201", "created", Some(r("BatchResult")))], &["400", "401", "403", "404", "413", "415", "422"]));
     add("/v1/jobs/{id}", "get", op("A job", id.clone(), None, vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404"]));
     add("/v1/jobs/{id}", "delete", op("Delete a job that is not running", id.clone(), None, vec![ok("204", "deleted", None)],
         &["400", "401", "403", "404", "409"]));
@@ -125,8 +138,8 @@ pub fn document() -> Value {
         vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
     add("/v1/jobs/retry", "post", op("Bulk redrive of the dead-letter set", none.clone(),
         Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
-            "queue": name.clone(), "kind": {"type": "string"}, "state": {"enum": ["failed", "cancelled"]},
-            "since": r("Time"), "until": r("Time"), "error": {"type": "string"}}}))),
+            "queue": name.clone(), "kind": name.clone(), "state": {"enum": ["failed", "cancelled"]},
+            "since": r("Time"), "until": r("Time"), "error": {"type": "string", "pattern": "^[^\\u0000]{0,1000}$"}}}))),
         vec![ok("200", "how many", Some(json!({"type": "object", "required": ["retried"], "properties": {"retried": {"type": "integer"}}})))],
         &["400", "401", "403", "415", "422"]));
     add("/v1/claim", "post", op("Claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
@@ -152,10 +165,13 @@ pub fn document() -> Value {
     add("/v1/reports", "post", op("Many reports in one request; each answered in its own slot", none.clone(),
         Some(body(json!({"type": "object", "required": ["reports"], "additionalProperties": false, "properties": {
             "reports": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"oneOf": [
+                // Content a store cannot hold (a NUL in a result, a delay past
+                // 100 years) is answered in its own slot, so one bad report
+                // never holds back the rest: the items take any value here.
                 report_item("complete", json!({"result": {}}), &[]),
-                report_item("fail", json!({"error": {"type": "string"}, "retry_in_ms": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+                report_item("fail", json!({"error": {"type": "string"}, "retry_in_ms": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}, {"type": "null"}]},
                     "retry": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}), &["error"]),
-                report_item("snooze", json!({"delay_ms": {"type": "integer", "minimum": 0}}), &["delay_ms"])]}}}}))),
+                report_item("snooze", json!({"delay_ms": {"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}}), &["delay_ms"])]}}}}))),
         vec![ok("200", "one answer per report", Some(json!({"type": "object", "required": ["results"], "properties": {
             "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
                 "id": {"type": "string"}, "state": r("State"), "error": {"type": "object"}}}}}})))],
@@ -164,7 +180,7 @@ pub fn document() -> Value {
         Some(body(json!({"type": "object", "required": ["heartbeats"], "additionalProperties": false, "properties": {
             "heartbeats": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "object", "required": ["id", "token"],
                 "additionalProperties": false, "properties": {"id": {"type": "string", "pattern": ID_PATTERN}, "token": {"type": "string"},
-                "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000}}}}}}))),
+                "lease_ms": {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 3600000}, {"type": "null"}]}}}}}}))),
         vec![ok("200", "one answer per heartbeat", Some(json!({"type": "object", "required": ["results"], "properties": {
             "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
                 "id": {"type": "string"}, "lease_expires_at": r("Time"), "cancel_requested": {"type": "boolean"},
@@ -184,17 +200,17 @@ pub fn document() -> Value {
         vec![ok("200", "new lease", Some(json!({"type": "object", "required": ["lease_expires_at", "cancel_requested"],
             "properties": {"lease_expires_at": r("Time"), "cancel_requested": {"type": "boolean"}}})))], report_errs));
     add("/v1/jobs/{id}/complete", "post", op("Complete with a result", id.clone(),
-        Some(token_body(json!({"result": {}}), &[])), vec![ok("200", "the job", Some(r("Job")))], report_errs));
+        Some(token_body(json!({"result": r("Json")}), &[])), vec![ok("200", "the job", Some(r("Job")))], report_errs));
     add("/v1/jobs/{id}/fail", "post", op("Fail this attempt; retried per policy unless retry is false", id.clone(),
-        Some(token_body(json!({"error": {"type": "string"}, "retry_in_ms": {"type": "integer", "minimum": 0}, "retry": {"type": "boolean"}}), &["error"])),
+        Some(token_body(json!({"error": {"type": "string"}, "retry_in_ms": duration(), "retry": {"type": "boolean"}}), &["error"])),
         vec![ok("200", "the job", Some(r("Job")))], report_errs));
     add("/v1/jobs/{id}/snooze", "post", op("Run again after delay_ms; the attempt is not counted", id.clone(),
-        Some(token_body(json!({"delay_ms": {"type": "integer", "minimum": 0}}), &["delay_ms"])),
+        Some(token_body(json!({"delay_ms": duration()}), &["delay_ms"])),
         vec![ok("200", "the job", Some(r("Job")))], report_errs));
     add("/v1/jobs/{id}/checkpoint", "post", op("Save the checkpoint (fenced by the token)", id.clone(),
-        Some(token_body(json!({"checkpoint": {}}), &["checkpoint"])), vec![ok("204", "saved", None)], report_errs));
+        Some(token_body(json!({"checkpoint": r("Json")}), &["checkpoint"])), vec![ok("204", "saved", None)], report_errs));
     add("/v1/jobs/{id}/progress", "post", op("Report progress (fenced by the token)", id.clone(),
-        Some(token_body(json!({"progress": {}}), &["progress"])), vec![ok("204", "saved", None)], report_errs));
+        Some(token_body(json!({"progress": r("Json")}), &["progress"])), vec![ok("204", "saved", None)], report_errs));
     add("/v1/jobs/{id}/children", "post", op("Add children; with wait, the job waits for them (lease released)", id.clone(),
         Some(token_body(json!({"jobs": {"type": "array", "items": r("JobSpec"), "minItems": 1}, "wait": {"type": "boolean"}}), &["jobs"])),
         vec![ok("200", "added", Some(json!({"type": "object", "required": ["children", "waiting"], "properties": {
@@ -204,9 +220,10 @@ pub fn document() -> Value {
         &["401", "403"]));
     add("/v1/queues/{queue}", "patch", op("Change a queue's limits (null clears one)", q.clone(),
         Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
-            "concurrency": {"type": ["integer", "null"], "minimum": 0},
+            "concurrency": {"type": ["integer", "null"], "minimum": 0, "maximum": 2147483647},
             "rate_limit": {"oneOf": [r("RateLimit"), {"type": "null"}]},
-            "group_concurrency": {"type": ["integer", "null"], "minimum": 1},
+            "group_concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 2147483647},
+            "timeout_ms": {"anyOf": [positive_duration(), {"type": "null"}]},
             "paused": {"type": "boolean"}}}))),
         vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403", "415", "422"]));
     add("/v1/queues/{queue}/pause", "post", op("Pause a queue", q.clone(), None, vec![ok("200", "the queue", Some(r("Queue")))], &["400", "401", "403"]));
@@ -267,42 +284,72 @@ fn nullable_optionals(schema: &mut Value) {
     }
 }
 
+/// A cron expression the scheduler accepts: 5 fields, or 6 with seconds
+/// first; each field `*` (with an optional `/step`) or a list of values.
+/// The server also takes ranges (`1-5`), names (`MON`)
+/// and days 29-31; they are left out here because a pattern cannot say that
+/// a range must not run backwards, or that a day must exist in its month.
+const CRON_PATTERN: &str = concat!(
+    "^((\\*(/[1-9][0-9]?)?|[0-5]?[0-9](,[0-5]?[0-9])*) )?",
+    "(\\*(/[1-9][0-9]?)?|[0-5]?[0-9](,[0-5]?[0-9])*) ",
+    "(\\*(/[1-9][0-9]?)?|([01]?[0-9]|2[0-3])(,([01]?[0-9]|2[0-3]))*) ",
+    "(\\*(/[1-9][0-9]?)?|(0?[1-9]|1[0-9]|2[0-8])(,(0?[1-9]|1[0-9]|2[0-8]))*) ",
+    "(\\*(/[1-9][0-9]?)?|(0?[1-9]|1[0-2])(,(0?[1-9]|1[0-2]))*) ",
+    "(\\*(/[1-9][0-9]?)?|[0-7](,[0-7])*)$"
+);
+
+fn time_zones() -> Vec<String> {
+    kyu_core::schedule::time_zone_names()
+}
+
 fn schemas() -> Value {
     let name = json!({"type": "string", "pattern": NAME_PATTERN});
     let label = json!({"type": "string", "pattern": LABEL_PATTERN});
     let id = json!({"type": "string", "pattern": ID_PATTERN});
     json!({
-        "Time": {"type": "string", "format": "date-time"},
+        "Time": {"type": "string", "format": "date-time", "pattern": TIME_PATTERN},
+        "Json": {"description": "Any JSON without a NUL character in its strings or keys (PostgreSQL cannot store one)",
+            "anyOf": [
+            {"type": "string", "pattern": "^[^\\u0000]*$"},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": {"$ref": "#/components/schemas/Json"}},
+            {"type": "object", "propertyNames": {"pattern": "^[^\\u0000]*$"}, "additionalProperties": {"$ref": "#/components/schemas/Json"}}]},
         "State": {"enum": ["scheduled", "queued", "waiting", "running", "completed", "failed", "cancelled"]},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
         "Backoff": {"oneOf": [
             {"type": "object", "required": ["kind", "base_ms", "max_ms"], "additionalProperties": false,
-             "properties": {"kind": {"const": "exponential"}, "base_ms": {"type": "integer", "minimum": 0}, "max_ms": {"type": "integer", "minimum": 0}}},
+             "properties": {"kind": {"const": "exponential"}, "base_ms": duration(), "max_ms": duration()}},
             {"type": "object", "required": ["kind", "delay_ms"], "additionalProperties": false,
-             "properties": {"kind": {"const": "fixed"}, "delay_ms": {"type": "integer", "minimum": 0}}}]},
+             "properties": {"kind": {"const": "fixed"}, "delay_ms": duration()}}]},
         "RateLimit": {"type": "object", "required": ["max", "per_ms"], "additionalProperties": false,
-            "properties": {"max": {"type": "integer", "minimum": 1}, "per_ms": {"type": "integer", "minimum": 1}}},
+            "properties": {"max": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807i64}, "per_ms": positive_duration()}},
         "JobSpec": {"type": "object", "required": ["kind"], "additionalProperties": false,
-            "not": {"required": ["run_at", "delay_ms"]}, "properties": {
+            "not": {"required": ["run_at", "delay_ms"]},
+            "if": {"required": ["unique_for_ms"], "properties": {"unique_for_ms": {"type": "integer"}}},
+            "then": {"required": ["unique_key"], "properties": {"unique_key": {"type": "string"}}},
+            "properties": {
             "id": id.clone(),
-            "queue": name.clone(), "kind": name.clone(), "payload": {},
+            "queue": name.clone(), "kind": name.clone(), "payload": {"$ref": "#/components/schemas/Json"},
             "priority": {"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647},
-            "run_at": {"$ref": "#/components/schemas/Time"}, "delay_ms": {"type": "integer", "minimum": 0},
+            "run_at": {"$ref": "#/components/schemas/Time"}, "delay_ms": duration(),
             "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10000},
             "backoff": {"$ref": "#/components/schemas/Backoff"},
-            "timeout_ms": {"type": "integer", "minimum": 1},
+            "timeout_ms": positive_duration(),
             "unique_key": label.clone(),
-            "unique_for_ms": {"type": "integer", "minimum": 0},
+            "unique_for_ms": duration(),
             "depends_on": {"type": "array", "items": id.clone(), "maxItems": 10000},
             "continue_on_failure": {"type": "boolean"},
-            "keep_result_ms": {"type": "integer", "minimum": 0},
+            "keep_result_ms": duration(),
+            "keep_failed_ms": duration(),
             "tags": {"type": "array", "items": label.clone(), "maxItems": 32},
             "group": label.clone()}},
         "ScheduleSpec": {"type": "object", "required": ["cron", "job"], "additionalProperties": false, "properties": {
-            "cron": {"type": "string", "description": "5 fields, or 6 with seconds first"},
-            "timezone": {"type": "string", "description": "IANA name, default UTC"},
-            "job": {"$ref": "#/components/schemas/JobSpec"},
+            "cron": {"type": "string", "pattern": CRON_PATTERN,
+                "description": "5 fields (minute hour day month weekday), or 6 with seconds first"},
+            "timezone": {"enum": time_zones(), "description": "IANA name, default UTC"},
+            "job": {"description": "The job each tick enqueues; its id is derived from the schedule's name and the tick",
+                "allOf": [{"$ref": "#/components/schemas/JobSpec"}, {"properties": {"id": {"type": "null"}}}]},
             "catchup": {"type": "boolean"}, "enabled": {"type": "boolean"}}},
         "Schedule": {"type": "object", "required": ["name", "cron", "timezone", "job", "catchup", "enabled", "created_at", "updated_at"],
             "properties": {
@@ -323,6 +370,7 @@ fn schemas() -> Value {
             "unique_key": {"type": ["string", "null"]}, "unique_for_ms": {"type": ["integer", "null"]},
             "depends_on": {"type": "array", "items": {"type": "string"}}, "pending_dependencies": {"type": "integer"},
             "continue_on_failure": {"type": "boolean"}, "result": {}, "keep_result_ms": {"type": ["integer", "null"]},
+            "keep_failed_ms": {"type": ["integer", "null"]},
             "errors": {"type": "array", "items": {"type": "object", "required": ["attempt", "at", "message"],
                 "properties": {"attempt": {"type": "integer"}, "at": {"$ref": "#/components/schemas/Time"}, "message": {"type": "string"}}}},
             "progress": {}, "tags": {"type": "array", "items": {"type": "string"}}, "group": {"type": ["string", "null"]},
@@ -346,6 +394,7 @@ fn schemas() -> Value {
             "name": {"type": "string"}, "paused": {"type": "boolean"}, "concurrency": {"type": ["integer", "null"]},
             "rate_limit": {"oneOf": [{"$ref": "#/components/schemas/RateLimit"}, {"type": "null"}]},
             "group_concurrency": {"type": ["integer", "null"]},
+            "timeout_ms": {"type": ["integer", "null"]},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
     })
 }

@@ -25,16 +25,12 @@ const MAX_CLAIM: usize = 1000;
 pub(crate) struct ClaimRequest {
     queues: Vec<String>,
     worker: String,
-    #[serde(default = "one", deserialize_with = "wire::usize")]
-    max: usize,
+    #[serde(default, deserialize_with = "wire::opt_usize")]
+    max: Option<usize>,
     #[serde(default, deserialize_with = "wire::opt_i64")]
     lease_ms: Option<i64>,
-    #[serde(default, deserialize_with = "wire::u64")]
+    #[serde(default, deserialize_with = "wire::null_u64")]
     wait_ms: u64,
-}
-
-fn one() -> usize {
-    1
 }
 
 #[derive(Serialize)]
@@ -56,7 +52,8 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
     if r.worker.is_empty() || r.worker.len() > 128 || r.worker.chars().any(char::is_control) {
         return Err(ApiError::invalid("worker", "must be 1-128 characters without control characters"));
     }
-    if !(1..=MAX_CLAIM).contains(&r.max) {
+    let max = r.max.unwrap_or(1);
+    if !(1..=MAX_CLAIM).contains(&max) {
         return Err(ApiError::invalid("max", format!("must be between 1 and {MAX_CLAIM}")));
     }
     let lease_ms = r.lease_ms.unwrap_or(app.config.default_lease_ms);
@@ -69,7 +66,7 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
     let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(app.config.long_poll_cap);
     let mut events = app.store.subscribe();
     loop {
-        let params = JobClaimParams { queues: queues.clone(), worker: r.worker.clone(), max: r.max, lease_ms };
+        let params = JobClaimParams { queues: queues.clone(), worker: r.worker.clone(), max, lease_ms };
         let claimed = app.store.job_claim(params).await?;
         let now = tokio::time::Instant::now();
         if !claimed.jobs.is_empty() || now >= deadline {
@@ -309,7 +306,7 @@ async fn save<S: Store>(app: &AppState<S>, id: String, token: String, checkpoint
 pub(crate) struct ChildrenRequest {
     token: String,
     jobs: Vec<kyu_core::JobSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     wait: bool,
 }
 

@@ -27,6 +27,12 @@ pub enum StoreError {
     Backend(#[source] BoxError),
 }
 
+impl From<kyu_core::dependency::MissingDependency> for StoreError {
+    fn from(e: kyu_core::dependency::MissingDependency) -> StoreError {
+        StoreError::NotFound(e.to_string())
+    }
+}
+
 impl StoreError {
     /// The not-found error for job `id`.
     pub fn job_not_found(id: &kyu_core::JobId) -> StoreError {

@@ -87,7 +87,7 @@ pub async fn batch_is_atomic<S: Store>(s: S) {
     let bad = bad.validate(now, &Limits::default()).unwrap();
     let good_id = good.id.clone();
     let r = s.job_insert_many(JobInsertManyParams { jobs: vec![good, bad] }).await;
-    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
     assert!(s.job_get(&good_id).await.unwrap().is_none(), "no half-written batch");
 
     let jobs: Vec<_> = (0..500).map(|i| {
