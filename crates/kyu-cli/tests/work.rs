@@ -56,7 +56,8 @@ fn result_wait_sees_another_process_finish_the_job() {
     let k = Kyu::new();
     k.ok(&["enqueue", "q", "k", "7", "--id", "w1"]);
     let waiter = k.command(&["result", "w1", "--wait", "30s"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The worker runs in another process, whenever the waiter reads: the
+    // waiter must see the job finish either way.
     k.ok(&["work", "--queue", "q", "--max-jobs", "1", "--", "cat"]);
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());

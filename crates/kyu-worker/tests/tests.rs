@@ -308,7 +308,10 @@ async fn idle_worker_is_woken_by_an_enqueue_in_this_process() {
         .handle("ping", |_: Value, _ctx: JobContext| async move { Ok("pong") })
         .build();
     let h = tokio::spawn(worker.run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once its first claim (an empty one) is in, it is idle.
+    while s.writer_stats().1 == 0 {
+        tokio::task::yield_now().await;
+    }
     let id = enqueue(&s, spec("ping", json!(null))).await;
     let job = terminal(&s, &id).await;
     assert_eq!(job.result, Some(json!("pong")));
