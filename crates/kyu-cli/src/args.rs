@@ -62,11 +62,9 @@ pub enum Command {
         /// Job id.
         id: String,
     },
-    /// Retry a failed or cancelled job.
-    Retry {
-        /// Job id.
-        id: String,
-    },
+    /// Retry a failed or cancelled job, or with --failed the dead-letter
+    /// set by filter (bulk redrive).
+    Retry(RetryArgs),
     /// Delete a job that is not running.
     Delete {
         /// Job id.
@@ -237,6 +235,37 @@ pub enum ScheduleCommand {
         /// Schedule name.
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Job id (or use --failed to retry many).
+    #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+    pub id: Option<String>,
+    /// Also revive the jobs that failed only because this one did (the rest of a chain).
+    #[arg(long, requires = "id")]
+    pub dependents: bool,
+    /// Retry every failed job that matches the filters below.
+    #[arg(long)]
+    pub failed: bool,
+    /// Retry cancelled jobs instead of failed ones (with --failed).
+    #[arg(long, requires = "failed")]
+    pub cancelled: bool,
+    /// Only jobs of this queue.
+    #[arg(long, requires = "failed")]
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    #[arg(long, requires = "failed")]
+    pub kind: Option<String>,
+    /// Only jobs whose last error contains this text.
+    #[arg(long, requires = "failed")]
+    pub error: Option<String>,
+    /// Only jobs that finished at or after this: an RFC 3339 time, or a duration ago (2h).
+    #[arg(long, requires = "failed", value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only jobs that finished before this: an RFC 3339 time, or a duration ago.
+    #[arg(long, requires = "failed", value_name = "TIME")]
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -326,8 +326,22 @@ impl Store for HttpStore {
         self.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await
     }
 
-    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
-        self.post(&format!("/v1/jobs/{id}/retry"), json!({})).await
+    async fn job_retry(&self, p: JobRetryParams) -> Result<Job, StoreError> {
+        self.post(&format!("/v1/jobs/{}/retry", p.id), json!({"dependents": p.dependents})).await
+    }
+
+    async fn job_log_append(&self, p: JobLogAppendParams) -> Result<(), StoreError> {
+        if p.lines.is_empty() {
+            return Ok(());
+        }
+        let _: Value = self.post(&format!("/v1/jobs/{}/log", p.id), json!({"token": p.token, "lines": p.lines})).await?;
+        Ok(())
+    }
+
+    async fn job_log(&self, p: JobLogParams) -> Result<Vec<LogLine>, StoreError> {
+        let q = p.attempt.map(|a| format!("?attempt={a}")).unwrap_or_default();
+        let l: LogLines = self.call(Method::GET, &format!("/v1/jobs/{}/log{q}", p.id), None).await?;
+        Ok(l.lines)
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {

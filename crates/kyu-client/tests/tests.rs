@@ -96,8 +96,14 @@ impl<S: Store> Store for Remote<S> {
     async fn job_cancel(&self, id: &JobId) -> Result<Job, StoreError> {
         self.http.job_cancel(id).await
     }
-    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
-        self.http.job_retry(id).await
+    async fn job_retry(&self, p: JobRetryParams) -> Result<Job, StoreError> {
+        self.http.job_retry(p).await
+    }
+    async fn job_log_append(&self, p: JobLogAppendParams) -> Result<(), StoreError> {
+        self.http.job_log_append(p).await
+    }
+    async fn job_log(&self, p: JobLogParams) -> Result<Vec<LogLine>, StoreError> {
+        self.http.job_log(p).await
     }
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
         self.http.job_retry_many(p).await

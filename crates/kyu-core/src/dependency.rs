@@ -150,6 +150,68 @@ pub fn plan_children(
     if pending.is_empty() { ChildrenPlan::KeepRunning } else { ChildrenPlan::Wait(pending) }
 }
 
+/// Whether a failed job failed because its dependency `dep` did (its last
+/// error is the one [`broken_message`] gave it).
+pub fn failed_because_of(last_error: Option<&str>, dep: &JobId) -> bool {
+    last_error == Some(broken_message(dep).as_str())
+}
+
+/// A failed dependent considered for revival when an operator retries a
+/// job with its dependents.
+#[derive(Clone, Debug)]
+pub struct Candidate<'a> {
+    /// The dependent.
+    pub id: &'a JobId,
+    /// Runs even when a dependency failed.
+    pub continue_on_failure: bool,
+    /// Each of its dependencies and its state now.
+    pub deps: Vec<(&'a JobId, JobState)>,
+}
+
+/// Which candidates go back to `waiting`, and how many dependencies each
+/// waits for: those whose every dependency is completed, still to run, or
+/// itself revived (the retried job, or another candidate revived with it).
+/// A candidate that also failed because of some other job stays failed,
+/// and so does every candidate that depends on it. Returns `(index,
+/// pending)` pairs.
+pub fn plan_revival(retried: &JobId, candidates: &[Candidate<'_>]) -> Vec<(usize, i64)> {
+    let alive = |revived: &[bool], id: &JobId| id == retried || candidates.iter().zip(revived).any(|(c, r)| *r && c.id == id);
+    let mut revived: Vec<bool> = vec![true; candidates.len()];
+    loop {
+        let blocked: Vec<usize> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                revived[*i]
+                    && c.deps.iter().any(|(dep, state)| {
+                        !alive(&revived, dep) && dependency(*state, c.continue_on_failure) == Dependency::Broken
+                    })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if blocked.is_empty() {
+            break;
+        }
+        for i in blocked {
+            revived[i] = false;
+        }
+    }
+    let alive = |id: &JobId| alive(&revived, id);
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| revived[*i])
+        .map(|(i, c)| {
+            let pending = c
+                .deps
+                .iter()
+                .filter(|(dep, state)| alive(dep) || dependency(*state, c.continue_on_failure) == Dependency::Pending)
+                .count() as i64;
+            (i, pending)
+        })
+        .collect()
+}
+
 /// The state a waiting job enters when its last dependency is satisfied.
 pub fn released_state(now: Millis, run_at: Millis) -> JobState {
     runnable_state(now, run_at)
@@ -234,6 +296,20 @@ mod tests {
         );
         assert!(matches!(settle(now, now, 2, false, &[(&b, JobState::Cancelled)]), Settled::Fail { dep, .. } if dep == b));
         assert_eq!(settle(now, now, 1, true, &[(&b, JobState::Failed)]), Settled::Count { pending: 0, state: JobState::Queued });
+    }
+
+    #[test]
+    fn revival_follows_only_failures_caused_by_the_retried_job() {
+        let (a, b, c, d, x) = (id("a"), id("b"), id("c"), id("d"), id("x"));
+        // a was retried; b depends on a; c on b and x (x failed on its own); d on b.
+        let cands = [
+            Candidate { id: &b, continue_on_failure: false, deps: vec![(&a, JobState::Queued)] },
+            Candidate { id: &c, continue_on_failure: false, deps: vec![(&b, JobState::Failed), (&x, JobState::Failed)] },
+            Candidate { id: &d, continue_on_failure: false, deps: vec![(&b, JobState::Failed), (&x, JobState::Completed)] },
+        ];
+        assert_eq!(plan_revival(&a, &cands), vec![(0, 1), (2, 1)]);
+        assert!(failed_because_of(Some(&broken_message(&a)), &a));
+        assert!(!failed_because_of(Some("boom"), &a));
     }
 
     #[test]

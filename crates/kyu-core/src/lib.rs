@@ -19,6 +19,7 @@ pub mod claim;
 pub mod dependency;
 pub mod flow;
 pub mod job;
+pub mod log;
 pub mod retry;
 pub mod schedule;
 pub mod spec;

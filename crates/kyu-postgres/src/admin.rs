@@ -1,7 +1,8 @@
 //! Operator actions and retention: cancel, retry, delete, prune, queue settings.
 
 use kyu_core::{Job, JobId, JobState, QueueInfo, QueueName};
-use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
+use kyu_core::dependency::{Candidate, failed_because_of, plan_revival};
+use kyu_store::{JobRetryManyParams, JobRetryParams, QueueUpdateParams, StoreError, StoreEvent};
 use crate::conn::Conn;
 use tokio_postgres::types::ToSql;
 
@@ -41,15 +42,81 @@ pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, S
 const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = $1, finished_at = NULL, expires_at = NULL, \
      cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0";
 
-pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
+pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, p: JobRetryParams) -> Result<Job, StoreError> {
+    let id = &p.id;
     let (seq, state, _) = lock_job(tx, id).await?;
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
     tx.c.execute(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = $2"), &[&tx.now_ts, &seq]).await.db()?;
+    if p.dependents {
+        revive_dependents(tx, seq, id).await?;
+    }
     let job = job_must(tx.c, id).await?;
     tx.event(StoreEvent::JobsAvailable(job.queue.clone()));
     Ok(job)
+}
+
+/// The failed jobs that failed because job `seq` did, and theirs in turn,
+/// go back to `waiting` if [`plan_revival`] says so. They are locked as
+/// they are found.
+async fn revive_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Result<(), StoreError> {
+    let mut frontier = vec![(seq, id.clone())];
+    let mut found: Vec<(i64, JobId, bool)> = Vec::new();
+    while let Some((dep_seq, dep_id)) = frontier.pop() {
+        let rows = tx
+            .c
+            .query(
+                "SELECT j.seq, j.id, j.continue_on_failure, j.errors -> -1 ->> 'message' \
+                 FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq WHERE d.dep_seq = $1 AND j.state = 'failed' \
+                 ORDER BY j.seq FOR UPDATE OF j",
+                &[&dep_seq],
+            )
+            .await
+            .db()?;
+        for r in rows {
+            let (s, i, cof, last): (i64, String, bool, Option<String>) =
+                (r.try_get(0).db()?, r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(3).db()?);
+            let i = JobId::new(i).map_err(|e| StoreError::Backend(e.into()))?;
+            if failed_because_of(last.as_deref(), &dep_id) && !found.iter().any(|f| f.0 == s) {
+                frontier.push((s, i.clone()));
+                found.push((s, i, cof));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = found.iter().map(|f| f.0).collect();
+    let rows = tx
+        .c
+        .query("SELECT d.job_seq, j.id, j.state FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.dep_seq WHERE d.job_seq = ANY($1)", &[&seqs])
+        .await
+        .db()?;
+    let mut deps: Vec<Vec<(JobId, JobState)>> = vec![Vec::new(); found.len()];
+    for r in rows {
+        let owner: i64 = r.try_get(0).db()?;
+        let k = found.iter().position(|f| f.0 == owner).expect("asked for these");
+        deps[k].push((JobId::new(r.try_get::<_, String>(1).db()?).map_err(|e| StoreError::Backend(e.into()))?, state_of(r.try_get(2).db()?)?));
+    }
+    let candidates: Vec<Candidate<'_>> = found
+        .iter()
+        .zip(&deps)
+        .map(|((_, i, cof), d)| Candidate { id: i, continue_on_failure: *cof, deps: d.iter().map(|(i, s)| (i, *s)).collect() })
+        .collect();
+    let (mut revived, mut pending) = (Vec::new(), Vec::new());
+    for (i, n) in plan_revival(id, &candidates) {
+        revived.push(found[i].0);
+        pending.push(n as i32);
+    }
+    tx.c.execute(
+        "UPDATE kyu_jobs j SET state = 'waiting', pending_deps = x.pending, finished_at = NULL, expires_at = NULL \
+         FROM unnest($1::int8[], $2::int4[]) AS x(seq, pending) WHERE j.seq = x.seq",
+        &[&revived, &pending],
+    )
+    .await
+    .db()?;
+    Ok(())
 }
 
 pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
@@ -105,6 +172,8 @@ pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), St
 async fn remove<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError> {
     tx.c.execute("DELETE FROM kyu_jobs WHERE seq = ANY($1)", &[&seqs]).await.db()?;
     tx.c.execute("DELETE FROM kyu_job_deps WHERE dep_seq = ANY($1) OR job_seq = ANY($1)", &[&seqs]).await.db()?;
+    tx.c.execute("DELETE FROM kyu_job_logs WHERE job_seq = ANY($1)", &[&seqs]).await.db()?;
+    tx.c.execute("DELETE FROM kyu_job_log_sizes WHERE job_seq = ANY($1)", &[&seqs]).await.db()?;
     Ok(())
 }
 

@@ -53,7 +53,16 @@ impl From<tokio_postgres::Error> for PgError {
 /// deadlocks are transient (retry later); the rest is a backend error.
 pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
     let transient = match e.code() {
-        None => true, // no SQLSTATE: the connection itself failed
+        // No SQLSTATE: the connection failed (closed, I/O, connect, TLS,
+        // timeout) and a retry may succeed; a type or encoding error is a bug
+        // that retrying cannot fix.
+        None => {
+            let text = e.to_string();
+            e.is_closed()
+                || ["error communicating", "error connecting", "timeout waiting", "error performing TLS"]
+                    .iter()
+                    .any(|p| text.starts_with(p))
+        }
         Some(code) => {
             let c = code.code();
             c.starts_with("08") // connection exception

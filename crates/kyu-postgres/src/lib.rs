@@ -29,6 +29,7 @@ mod error;
 mod finish;
 mod insert;
 mod listen;
+mod log;
 mod migrate;
 mod read;
 mod schedules;
@@ -310,8 +311,20 @@ impl Store for PgStore {
         in_tx!(self, tx => admin::cancel(&tx, id).await)
     }
 
-    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
-        in_tx!(self, tx => admin::retry(&tx, id).await)
+    async fn job_retry(&self, p: JobRetryParams) -> Result<Job, StoreError> {
+        in_tx!(self, tx => admin::retry(&tx, p).await)
+    }
+
+    async fn job_log_append(&self, p: JobLogAppendParams) -> Result<(), StoreError> {
+        if p.lines.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, tx => log::append(&tx, p).await)
+    }
+
+    async fn job_log(&self, p: JobLogParams) -> Result<Vec<LogLine>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        log::read(&client, &p).await
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {

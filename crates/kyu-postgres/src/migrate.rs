@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_schedules.sql")),
     (3, include_str!("migrations/0003_groups.sql")),
     (4, include_str!("migrations/0004_deadlines.sql")),
+    (5, include_str!("migrations/0005_logs.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

@@ -111,7 +111,7 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
             || path == "/v1/reports"
             || path == "/v1/heartbeats"
             || (path.starts_with("/v1/jobs/")
-                && ["/heartbeat", "/complete", "/fail", "/snooze", "/checkpoint", "/progress", "/children"]
+                && ["/heartbeat", "/complete", "/fail", "/snooze", "/checkpoint", "/progress", "/children", "/log"]
                     .iter()
                     .any(|s| path.ends_with(s))))
     {

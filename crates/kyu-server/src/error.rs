@@ -108,6 +108,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// An optional JSON body: an empty body is `None`; anything else must be
+/// JSON of the right shape, with [`Json`]'s errors.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let empty = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+            || (req.headers().get(axum::http::header::CONTENT_LENGTH).is_none()
+                && req.headers().get(axum::http::header::TRANSFER_ENCODING).is_none());
+        if empty {
+            return Ok(OptionalJson(None));
+        }
+        Json::<T>::from_request(req, state).await.map(|Json(v)| OptionalJson(Some(v)))
+    }
+}
+
 /// `axum::extract::Query` with rejections as 400s in kyu's shape.
 pub struct Query<T>(pub T);
 

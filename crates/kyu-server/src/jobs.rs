@@ -6,11 +6,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kyu_core::{Job, JobId, JobSpec, JobState, Millis, NewJob, QueueName};
-use kyu_store::{Inserted, JobInsertManyParams, JobListParams, JobPage, JobRetryManyParams, Store, StoreEvent};
+use kyu_store::{
+    Inserted, JobInsertManyParams, JobListParams, JobLogAppendParams, JobLogParams, JobPage, JobRetryManyParams, JobRetryParams,
+    LogLines, Store, StoreEvent,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::error::{ApiError, ApiResult, Json, OptionalJson, Path, Query};
 use crate::{AppState, MAX_WAIT_MS};
 
 pub(crate) fn job_id(id: String) -> ApiResult<JobId> {
@@ -172,9 +175,60 @@ pub(crate) async fn cancel<S: Store>(State(app): State<AppState<S>>, Path(id): P
     Ok(axum::Json(app.store.job_cancel(&job_id(id)?).await?))
 }
 
-/// `POST /v1/jobs/{id}/retry`.
-pub(crate) async fn retry<S: Store>(State(app): State<AppState<S>>, Path(id): Path<String>) -> ApiResult<axum::Json<Job>> {
-    Ok(axum::Json(app.store.job_retry(&job_id(id)?).await?))
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryBody {
+    #[serde(default, deserialize_with = "kyu_core::wire::null_default")]
+    dependents: bool,
+}
+
+/// `POST /v1/jobs/{id}/retry`, with an optional `{"dependents": true}`.
+pub(crate) async fn retry<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<RetryBody>,
+) -> ApiResult<axum::Json<Job>> {
+    let p = JobRetryParams { id: job_id(id)?, dependents: body.unwrap_or_default().dependents };
+    Ok(axum::Json(app.store.job_retry(p).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    attempt: Option<i32>,
+}
+
+/// `GET /v1/jobs/{id}/log?attempt=N`: the job's log lines, oldest first.
+pub(crate) async fn log<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<axum::Json<LogLines>> {
+    let lines = app.store.job_log(JobLogParams { id: job_id(id)?, attempt: q.attempt }).await?;
+    Ok(axum::Json(LogLines { lines }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogAppend {
+    token: String,
+    lines: Vec<String>,
+}
+
+/// Most lines one append may carry.
+const MAX_LOG_LINES: usize = 10_000;
+
+/// `POST /v1/jobs/{id}/log`: a running job appends lines, fenced by its token.
+pub(crate) async fn log_append<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(id): Path<String>,
+    Json(r): Json<LogAppend>,
+) -> ApiResult<StatusCode> {
+    if r.lines.len() > MAX_LOG_LINES {
+        return Err(ApiError::invalid("lines", format!("at most {MAX_LOG_LINES} lines per request")));
+    }
+    app.store.job_log_append(JobLogAppendParams { id: job_id(id)?, token: r.token, lines: r.lines }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /v1/jobs/{id}`.

@@ -136,6 +136,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/jobs/{id}/result", get(jobs::result::<S>))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel::<S>))
         .route("/v1/jobs/{id}/retry", post(jobs::retry::<S>))
+        .route("/v1/jobs/{id}/log", get(jobs::log::<S>).post(jobs::log_append::<S>))
         .route("/v1/claim", post(worker::claim::<S>))
         .route("/v1/reports", post(worker::reports::<S>))
         .route("/v1/heartbeats", post(worker::heartbeats::<S>))

@@ -15,6 +15,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/jobs/{id}/result"),
     ("post", "/v1/jobs/{id}/cancel"),
     ("post", "/v1/jobs/{id}/retry"),
+    ("get", "/v1/jobs/{id}/log"),
+    ("post", "/v1/jobs/{id}/log"),
     ("post", "/v1/jobs/retry"),
     ("post", "/v1/claim"),
     ("post", "/v1/reports"),
@@ -134,8 +136,21 @@ pub fn document() -> Value {
         None, vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "422"]));
     add("/v1/jobs/{id}/cancel", "post", op("Cancel (a running job is asked to stop)", id.clone(), None,
         vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
-    add("/v1/jobs/{id}/retry", "post", op("Retry a failed or cancelled job", id.clone(), None,
-        vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409"]));
+    let mut retry_body = body(json!({"type": "object", "additionalProperties": false, "properties": {
+        "dependents": {"type": "boolean", "description": "also revive the jobs that failed only because this one did"}}}));
+    retry_body["required"] = json!(false);
+    add("/v1/jobs/{id}/retry", "post", op("Retry a failed or cancelled job (with dependents: the jobs that failed because of it too)", id.clone(),
+        Some(retry_body), vec![ok("200", "the job", Some(r("Job")))], &["400", "401", "403", "404", "409", "415", "422"]));
+    add("/v1/jobs/{id}/log", "get", op("The job's log lines, oldest first",
+        json!([path_param("id"), query("attempt", json!({"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647}))]), None,
+        vec![ok("200", "log lines", Some(json!({"type": "object", "required": ["lines"], "properties": {
+            "lines": {"type": "array", "items": {"type": "object", "required": ["at", "attempt", "line"], "properties": {
+                "at": r("Time"), "attempt": {"type": "integer"}, "line": {"type": "string"}}}}}})))],
+        &["400", "401", "403", "404"]));
+    add("/v1/jobs/{id}/log", "post", op("Append lines to a running job's log (fenced by the token)", id.clone(),
+        Some(body(json!({"type": "object", "required": ["token", "lines"], "additionalProperties": false, "properties": {
+            "token": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}, "maxItems": 10000}}}))),
+        vec![ok("204", "appended", None)], &["400", "401", "403", "404", "409", "413", "415", "422"]));
     add("/v1/jobs/retry", "post", op("Bulk redrive of the dead-letter set", none.clone(),
         Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
             "queue": name.clone(), "kind": name.clone(), "state": {"enum": ["failed", "cancelled"]},

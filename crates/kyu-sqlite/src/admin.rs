@@ -1,7 +1,8 @@
 //! Operator actions and retention: cancel, retry, delete, prune, queue settings.
 
 use kyu_core::{Job, JobId, JobState, QueueInfo};
-use kyu_store::{JobRetryManyParams, QueueUpdateParams, StoreError, StoreEvent};
+use kyu_core::dependency::{Candidate, failed_because_of, plan_revival};
+use kyu_store::{JobRetryManyParams, JobRetryParams, QueueUpdateParams, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use crate::error::SqlResultExt;
@@ -45,7 +46,8 @@ pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
 const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = ?1, finished_at = NULL, expires_at = NULL, \
      cancel_requested = 0, token = NULL, lease_expires_at = NULL, pending_deps = 0";
 
-pub(crate) fn retry(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
+pub(crate) fn retry(tx: &mut Tx<'_>, p: JobRetryParams) -> Result<Job, StoreError> {
+    let id = &p.id;
     let (seq, state, _) = seq_and_state(tx, id)?;
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
@@ -55,9 +57,66 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
         .db()?
         .execute(params![tx.now_str, seq])
         .db()?;
+    if p.dependents {
+        revive_dependents(tx, seq, id)?;
+    }
     let job = job_must(tx.conn, id)?;
     tx.events.push(StoreEvent::JobsAvailable(job.queue.clone()));
     Ok(job)
+}
+
+/// The failed jobs that failed because job `seq` did, and theirs in turn,
+/// go back to `waiting` if [`plan_revival`] says so.
+fn revive_dependents(tx: &mut Tx<'_>, seq: i64, id: &JobId) -> Result<(), StoreError> {
+    let mut frontier = vec![(seq, id.clone())];
+    let mut found: Vec<(i64, JobId, bool)> = Vec::new();
+    while let Some((dep_seq, dep_id)) = frontier.pop() {
+        let rows: Vec<(i64, String, bool, Option<String>)> = tx
+            .conn
+            .prepare_cached(
+                "SELECT j.seq, j.id, j.continue_on_failure, json_extract(j.errors, '$[#-1].message') \
+                 FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq WHERE d.dep_seq = ?1 AND j.state = 'failed'",
+            )
+            .db()?
+            .query_map([dep_seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .db()?
+            .collect::<Result<_, _>>()
+            .db()?;
+        for (s, i, cof, last) in rows {
+            let i = JobId::new(i).map_err(|e| StoreError::Backend(e.into()))?;
+            if failed_because_of(last.as_deref(), &dep_id) && !found.iter().any(|f| f.0 == s) {
+                frontier.push((s, i.clone()));
+                found.push((s, i, cof));
+            }
+        }
+    }
+    let mut deps: Vec<Vec<(JobId, JobState)>> = Vec::with_capacity(found.len());
+    for (s, ..) in &found {
+        let rows: Vec<(String, State)> = tx
+            .conn
+            .prepare_cached("SELECT j.id, j.state FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.dep_seq WHERE d.job_seq = ?1")
+            .db()?
+            .query_map([s], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?
+            .collect::<Result<_, _>>()
+            .db()?;
+        deps.push(rows.into_iter().filter_map(|(i, st)| JobId::new(i).ok().map(|i| (i, st.0))).collect());
+    }
+    let candidates: Vec<Candidate<'_>> = found
+        .iter()
+        .zip(&deps)
+        .map(|((_, i, cof), d)| Candidate { id: i, continue_on_failure: *cof, deps: d.iter().map(|(i, s)| (i, *s)).collect() })
+        .collect();
+    for (i, pending) in plan_revival(id, &candidates) {
+        tx.conn
+            .prepare_cached(
+                "UPDATE kyu_jobs SET state = 'waiting', pending_deps = ?2, finished_at = NULL, expires_at = NULL WHERE seq = ?1",
+            )
+            .db()?
+            .execute(params![found[i].0, pending])
+            .db()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
@@ -111,6 +170,8 @@ fn remove(tx: &Tx<'_>, seq: i64) -> Result<(), StoreError> {
     tx.conn.prepare_cached("DELETE FROM kyu_jobs WHERE seq = ?1").db()?.execute([seq]).db()?;
     tx.conn.prepare_cached("DELETE FROM kyu_job_deps WHERE dep_seq = ?1").db()?.execute([seq]).db()?;
     tx.conn.prepare_cached("DELETE FROM kyu_job_deps WHERE job_seq = ?1").db()?.execute([seq]).db()?;
+    tx.conn.prepare_cached("DELETE FROM kyu_job_logs WHERE job_seq = ?1").db()?.execute([seq]).db()?;
+    tx.conn.prepare_cached("DELETE FROM kyu_job_log_sizes WHERE job_seq = ?1").db()?.execute([seq]).db()?;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ mod claim;
 mod error;
 mod finish;
 mod insert;
+mod log;
 mod migrate;
 mod read;
 mod schedules;
@@ -239,9 +240,19 @@ impl Store for SqliteStore {
         self.inner.writer.write(move |tx| admin::cancel(tx, &id)).await
     }
 
-    async fn job_retry(&self, id: &JobId) -> Result<Job, StoreError> {
-        let id = id.clone();
-        self.inner.writer.write(move |tx| admin::retry(tx, &id)).await
+    async fn job_retry(&self, p: JobRetryParams) -> Result<Job, StoreError> {
+        self.inner.writer.write(move |tx| admin::retry(tx, p)).await
+    }
+
+    async fn job_log_append(&self, p: JobLogAppendParams) -> Result<(), StoreError> {
+        if p.lines.is_empty() {
+            return Ok(());
+        }
+        self.inner.writer.write(move |tx| log::append(tx, p)).await
+    }
+
+    async fn job_log(&self, p: JobLogParams) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| log::read(c, &p)).await
     }
 
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_schedules.sql")),
     (3, include_str!("migrations/0003_groups.sql")),
     (4, include_str!("migrations/0004_deadlines.sql")),
+    (5, include_str!("migrations/0005_logs.sql")),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {

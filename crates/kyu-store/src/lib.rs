@@ -92,8 +92,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn job_cancel(&self, id: &JobId) -> impl Future<Output = Result<Job, StoreError>> + Send;
 
     /// Operator retry of a `failed` or `cancelled` job: back to `queued` with
-    /// a fresh set of attempts. Other states are a conflict.
-    fn job_retry(&self, id: &JobId) -> impl Future<Output = Result<Job, StoreError>> + Send;
+    /// a fresh set of attempts. Other states are a conflict. With
+    /// `dependents`, the jobs that failed only because of it go back to
+    /// `waiting` ([`kyu_core::dependency::plan_revival`]).
+    fn job_retry(&self, p: JobRetryParams) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Appends lines to a running job's log, under its current attempt,
+    /// fenced by its token. Each attempt keeps at most
+    /// [`kyu_core::log::MAX_ATTEMPT_BYTES`]; older lines give way.
+    fn job_log_append(&self, p: JobLogAppendParams) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A job's log, oldest first; where lines gave way, a marker line says
+    /// how many.
+    fn job_log(&self, p: JobLogParams) -> impl Future<Output = Result<Vec<LogLine>, StoreError>> + Send;
 
     /// Bulk redrive of the dead-letter set by filter; returns how many.
     fn job_retry_many(&self, p: JobRetryManyParams) -> impl Future<Output = Result<u64, StoreError>> + Send;

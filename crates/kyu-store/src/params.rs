@@ -214,6 +214,63 @@ pub struct QueueList {
     pub queues: Vec<kyu_core::QueueInfo>,
 }
 
+/// An operator retry of one job.
+#[derive(Clone, Debug)]
+pub struct JobRetryParams {
+    /// The failed or cancelled job.
+    pub id: JobId,
+    /// Also revive the jobs that failed only because this one did (and
+    /// theirs, down the tree): they go back to `waiting`, so retrying step
+    /// 3 of a failed chain runs steps 3 and 4.
+    pub dependents: bool,
+}
+
+impl JobRetryParams {
+    /// A retry of `id` alone.
+    pub fn one(id: JobId) -> JobRetryParams {
+        JobRetryParams { id, dependents: false }
+    }
+}
+
+/// Lines a running job adds to its log, fenced by its token.
+#[derive(Clone, Debug)]
+pub struct JobLogAppendParams {
+    /// The job.
+    pub id: JobId,
+    /// Its claim token.
+    pub token: String,
+    /// The lines, oldest first (a line longer than
+    /// [`kyu_core::log::MAX_LINE_BYTES`] is cut).
+    pub lines: Vec<String>,
+}
+
+/// Which log lines to read.
+#[derive(Clone, Debug)]
+pub struct JobLogParams {
+    /// The job.
+    pub id: JobId,
+    /// Only this attempt's lines.
+    pub attempt: Option<i32>,
+}
+
+/// One line of a job's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When it was written.
+    pub at: Millis,
+    /// The attempt that wrote it.
+    pub attempt: i32,
+    /// The text.
+    pub line: String,
+}
+
+/// `GET /v1/jobs/{id}/log`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogLines {
+    /// Oldest first, attempt by attempt.
+    pub lines: Vec<LogLine>,
+}
+
 /// Filter for a bulk redrive.
 #[derive(Clone, Debug, Default)]
 pub struct JobRetryManyParams {

@@ -285,3 +285,47 @@ pub async fn flow_of_ten_thousand_releases_parent_once<S: Store>(s: S) {
     assert_eq!(parents.len(), 1, "released exactly once");
     assert_eq!(parents[0].dependency_results.len(), n);
 }
+
+pub async fn retry_with_dependents_runs_the_rest_of_the_chain<S: Store>(s: S) {
+    use kyu_store::JobRetryParams;
+    let mut first = spec("chain", "step");
+    first.max_attempts = Some(1);
+    let a = enqueue(&s, first).await;
+    let b = enqueue(&s, dependent(&[&a])).await;
+    let c = enqueue(&s, dependent(&[&b])).await;
+    // d also waits for x, which fails on its own: d failed for two reasons.
+    let mut lone = spec("other", "k");
+    lone.max_attempts = Some(1);
+    let x = enqueue(&s, lone).await;
+    let d = enqueue(&s, dependent(&[&a, &x])).await;
+    let run_x = claim_one(&s, "other").await;
+    fail(&s, &run_x, "x broke").await.unwrap();
+    let run_a = claim_one(&s, "chain").await;
+    fail(&s, &run_a, "a broke").await.unwrap();
+    for id in [&b, &c, &d] {
+        assert_eq!(get(&s, id).await.state, JobState::Failed);
+    }
+    // A plain retry leaves the dependents failed.
+    s.job_retry(JobRetryParams::one(a.clone())).await.unwrap();
+    assert_eq!(get(&s, &b).await.state, JobState::Failed);
+    let run_a = claim_one(&s, "chain").await;
+    fail(&s, &run_a, "a broke again").await.unwrap();
+    // With dependents: b and c wait again; d stays failed (x is still failed).
+    let job = s.job_retry(JobRetryParams { id: a.clone(), dependents: true }).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    for id in [&b, &c] {
+        let j = get(&s, id).await;
+        assert_eq!((j.state, j.pending_dependencies), (JobState::Waiting, 1), "{id}");
+        assert_eq!(j.finished_at, None);
+    }
+    assert_eq!(get(&s, &d).await.state, JobState::Failed, "d failed because of x too");
+    let run_a = claim_one(&s, "chain").await;
+    complete(&s, &run_a, json!("a")).await.unwrap();
+    let run_b = claim_one(&s, "q").await;
+    assert_eq!(run_b.id, b);
+    complete(&s, &run_b, json!("b")).await.unwrap();
+    let run_c = claim_one(&s, "q").await;
+    assert_eq!((run_c.id.clone(), run_c.dependency_results.get(b.as_str()).cloned()), (c.clone(), Some(json!("b"))));
+    complete(&s, &run_c, json!("c")).await.unwrap();
+    assert_eq!(get(&s, &c).await.state, JobState::Completed);
+}

@@ -71,22 +71,22 @@ pub async fn operator_retry<S: Store>(s: S) {
     let mut sp = spec("q", "k");
     sp.max_attempts = Some(1);
     let id = enqueue(&s, sp).await;
-    assert_conflict(s.job_retry(&id).await);
+    assert_conflict(s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await);
     let j = claim_one(&s, "q").await;
-    assert_conflict(s.job_retry(&id).await);
+    assert_conflict(s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await);
     assert_eq!(fail(&s, &j, "dead").await.unwrap(), JobState::Failed);
-    let job = s.job_retry(&id).await.unwrap();
+    let job = s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.attempt, 0);
     assert_eq!(job.errors.len(), 1, "history is kept");
     let j = claim_one(&s, "q").await;
     assert_eq!(j.attempt, 1);
     complete(&s, &j, json!(null)).await.unwrap();
-    assert_conflict(s.job_retry(&id).await);
+    assert_conflict(s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await);
     // A cancelled job can be retried too.
     let id = enqueue(&s, spec("q", "k")).await;
     s.job_cancel(&id).await.unwrap();
-    assert_eq!(s.job_retry(&id).await.unwrap().state, JobState::Queued);
+    assert_eq!(s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await.unwrap().state, JobState::Queued);
     assert!(!get(&s, &id).await.cancel_requested);
 }
 

@@ -19,6 +19,7 @@ pub mod job_admin;
 pub mod job_claim;
 pub mod job_insert;
 pub mod job_report;
+pub mod log;
 pub mod queue;
 pub mod race;
 pub mod schedules;
@@ -85,6 +86,8 @@ macro_rules! conformance {
             deps::children_with_wait_resume_from_checkpoint,
             deps::children_without_wait_and_failed_child,
             deps::children_already_done_keep_the_job_running,
+            deps::retry_with_dependents_runs_the_rest_of_the_chain,
+            log::job_log_is_fenced_bounded_and_kept_per_attempt,
             deps::flow_of_ten_thousand_releases_parent_once,
             schedules::schedule_crud_and_advance,
             schedules::scheduler_fires_each_tick_once,

@@ -74,7 +74,7 @@ async fn walk<S: Store>(s: &S, seed: u64, steps: usize) {
                 let _ = s.job_cancel(&id).await;
             }
             7 => {
-                let _ = s.job_retry(&id).await;
+                let _ = s.job_retry(kyu_store::JobRetryParams::one(id.clone())).await;
             }
             _ => {
                 if let Some(j) = current {

@@ -60,7 +60,7 @@ async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, Cli
         Command::Jobs(a) => inspect::jobs(&store, a, json).await,
         Command::Queues => inspect::queues(&store, json).await,
         Command::Cancel { id } => admin::cancel(&store, &job_id(&id)?, json).await,
-        Command::Retry { id } => admin::retry(&store, &job_id(&id)?, json).await,
+        Command::Retry(a) => admin::retry(&store, a, json).await,
         Command::Delete { id } => admin::delete(&store, &job_id(&id)?).await,
         Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
         Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
