@@ -198,7 +198,8 @@ fn slot_error(e: &Value) -> StoreError {
     match e["code"].as_str() {
         Some("not_found") => StoreError::NotFound(message.trim_end_matches(" not found").to_owned()),
         Some("conflict") => StoreError::Conflict(message),
-        Some("invalid") | Some("too_large") => {
+        Some("too_large") => StoreError::Invalid(ValidationError::too_large("result", message)),
+        Some("invalid") => {
             let (field, msg) = message.split_once(": ").unwrap_or(("report", message.as_str()));
             StoreError::Invalid(ValidationError::new(field, msg))
         }

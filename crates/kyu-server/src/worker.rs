@@ -382,12 +382,19 @@ pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): J
         return Err(ApiError::invalid("reports", format!("give 1 to {MAX_CLAIM} reports")));
     }
     let mut batch = Vec::with_capacity(r.reports.len());
+    let mut answers: Vec<Option<ReportAnswer>> = Vec::with_capacity(r.reports.len());
+    let limit = app.config.limits.max_payload_bytes;
     for (i, item) in r.reports.into_iter().enumerate() {
         let field = |f: &str| format!("reports[{i}].{f}");
         let (id, token, outcome) = match item {
             ReportItem::Complete { id, token, result } => {
-                if result.to_string().len() > app.config.limits.max_payload_bytes {
-                    return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("{}: over the size limit", field("result"))));
+                // Too large is answered in its slot, like any refusal, so the
+                // rest of the batch goes through.
+                let size = result.to_string().len();
+                if size > limit {
+                    let message = format!("result is {size} bytes, over the limit of {limit}");
+                    answers.push(Some(ReportAnswer { id, state: None, error: Some(serde_json::json!({"code": "too_large", "message": message})) }));
+                    continue;
                 }
                 (id, token, Outcome::Complete { result })
             }
@@ -407,18 +414,24 @@ pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): J
         };
         let id = JobId::new(id).map_err(|m| ApiError::invalid(&field("id"), m))?;
         batch.push(Report { id, token, outcome });
+        answers.push(None);
     }
     let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
-    let results = app.store.job_report_many(batch).await?;
-    let results = ids
+    let mut stored = if batch.is_empty() { Vec::new() } else { app.store.job_report_many(batch).await? }.into_iter();
+    let mut ids = ids.into_iter();
+    let results = answers
         .into_iter()
-        .zip(results)
-        .map(|(id, r)| match r {
-            Ok(state) => ReportAnswer { id, state: Some(state), error: None },
-            Err(e) => {
-                let e = ApiError::from(e);
-                ReportAnswer { id, state: None, error: Some(serde_json::json!({"code": e.code, "message": e.message})) }
-            }
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                let id = ids.next().expect("one id per stored report");
+                match stored.next().expect("one answer per stored report") {
+                    Ok(state) => ReportAnswer { id, state: Some(state), error: None },
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        ReportAnswer { id, state: None, error: Some(serde_json::json!({"code": e.code, "message": e.message})) }
+                    }
+                }
+            })
         })
         .collect();
     Ok(axum::Json(ReportsAnswer { results }))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kyu_core::{ClaimedJob, JobId};
 use kyu_core::{JobSpec, Limits};
-use kyu_store::{AddedChildren, JobAddChildrenParams, JobSaveParams, StoreError};
+use kyu_store::{AddedChildren, JobAddChildrenParams, JobLogAppendParams, JobSaveParams, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -22,6 +22,7 @@ pub(crate) trait JobStore: Send + Sync {
     fn save(&self, p: JobSaveParams) -> BoxFuture<Result<(), StoreError>>;
     fn add_children(&self, p: JobAddChildrenParams) -> BoxFuture<Result<AddedChildren, StoreError>>;
     fn get(&self, id: JobId) -> BoxFuture<Result<Option<kyu_core::Job>, StoreError>>;
+    fn log(&self, p: JobLogAppendParams) -> BoxFuture<Result<(), StoreError>>;
     fn now(&self) -> kyu_core::Millis;
 }
 
@@ -37,6 +38,10 @@ impl<S: kyu_store::Store> JobStore for S {
     fn get(&self, id: JobId) -> BoxFuture<Result<Option<kyu_core::Job>, StoreError>> {
         let s = self.clone();
         Box::pin(async move { s.job_get(&id).await })
+    }
+    fn log(&self, p: JobLogAppendParams) -> BoxFuture<Result<(), StoreError>> {
+        let s = self.clone();
+        Box::pin(async move { s.job_log_append(p).await })
     }
     fn now(&self) -> kyu_core::Millis {
         self.clock().now()
@@ -144,6 +149,21 @@ impl JobContext {
     pub async fn progress(&self, progress: impl Serialize) -> Result<(), JobError> {
         let value = serde_json::to_value(progress).map_err(|e| JobError::fatal(format!("progress is not JSON: {e}")))?;
         self.write(None, Some(value)).await
+    }
+
+    /// Writes a line to the job's log (`GET /v1/jobs/{id}/log`, the
+    /// dashboard's job page), under this attempt, fenced by its token.
+    pub async fn log(&self, line: impl Into<String>) -> Result<(), JobError> {
+        self.log_lines(vec![line.into()]).await
+    }
+
+    /// Writes several lines to the job's log in one store call.
+    pub async fn log_lines(&self, lines: Vec<String>) -> Result<(), JobError> {
+        let p = JobLogAppendParams { id: self.inner.job.id.clone(), token: self.inner.job.token.clone(), lines };
+        self.inner.saver.log(p).await.map_err(|e| match e {
+            StoreError::Conflict(m) | StoreError::NotFound(m) => JobError::fatal(format!("log refused: {m}")),
+            other => JobError::retry(format!("could not write the log: {other}")),
+        })
     }
 
     /// Adds child jobs without waiting for them (they run independently).

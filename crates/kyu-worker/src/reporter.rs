@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kyu_core::JobId;
-use kyu_store::{JobHeartbeatParams, JobState, Report, Store, StoreError};
+use kyu_core::transition::Failure;
+use kyu_store::{JobHeartbeatParams, JobState, Outcome, Report, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,10 @@ impl Reports {
     pub fn push(&self, r: Report) {
         self.buf.lock().expect("report buffer").push(r);
         self.ready.notify_one();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.lock().expect("report buffer").is_empty()
     }
 
     pub fn take(&self) -> Vec<Report> {
@@ -91,46 +96,77 @@ async fn send<S: Store>(shared: &Shared<S>, batch: Vec<Report>) {
 }
 
 /// Logs refused reports and forgets the reported jobs, so heartbeats stop.
+/// A completion refused for what it carries (a result over the server's
+/// size limit, say) is turned into a failure without retry and sent again,
+/// so the attempt ends now rather than at its lease.
 pub(crate) fn settle<S: Store>(shared: &Shared<S>, batch: &[Report], results: Vec<Result<JobState, StoreError>>) {
+    let mut again = Vec::new();
     for (r, res) in batch.iter().zip(results) {
-        if let Err(e) = res {
-            tracing::warn!(job = %r.id, error = %e, "report refused");
+        match res {
+            Err(StoreError::Invalid(e)) if matches!(r.outcome, Outcome::Complete { .. }) => {
+                tracing::warn!(job = %r.id, error = %e, "result refused; failing the attempt");
+                let error = if e.too_large { e.message.clone() } else { format!("result refused: {e}") };
+                let failure = Failure { retry: false, retry_in_ms: None };
+                again.push(Report { id: r.id.clone(), token: r.token.clone(), outcome: Outcome::Fail { error, failure } });
+            }
+            Err(e) => tracing::warn!(job = %r.id, error = %e, "report refused"),
+            Ok(_) => {}
         }
     }
     let mut running = shared.running.lock().expect("running map");
     for r in batch {
+        if again.iter().any(|a| a.id == r.id) {
+            continue;
+        }
         if running.get(&r.id).is_some_and(|e| e.token == r.token) {
             running.remove(&r.id);
         }
     }
+    drop(running);
+    for r in again {
+        shared.reports.push(r);
+    }
 }
 
 /// Extends every running job's lease every lease/3, and passes on operator
-/// cancels (and lost leases) to the handlers.
+/// cancels (and lost leases) to the handlers. A failed heartbeat (store
+/// unreachable, a network blip to the server) is not a lost lease: it is
+/// tried again soon, with backoff, and a job's handler is stopped only once
+/// its lease has really run out, when another worker may hold the job.
 pub(crate) async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, done: CancellationToken) {
     let lease = shared.config.lease;
     let every = (lease / 3).max(Duration::from_millis(10));
+    let mut wait = every;
+    let mut retry = Duration::from_millis(100);
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let jobs: Vec<(JobId, String)> = {
             let running = shared.running.lock().expect("running map");
             running.iter().map(|(id, r)| (id.clone(), r.token.clone())).collect()
         };
         if jobs.is_empty() {
+            wait = every;
             continue;
         }
         let params = JobHeartbeatParams { jobs: jobs.clone(), lease_ms: lease.as_millis() as i64 };
         match shared.store.job_heartbeat_many(params).await {
             Ok(results) => {
-                let running = shared.running.lock().expect("running map");
+                wait = every;
+                retry = Duration::from_millis(100);
+                let mut running = shared.running.lock().expect("running map");
                 for ((id, token), r) in jobs.into_iter().zip(results) {
-                    let Some(entry) = running.get(&id).filter(|e| e.token == token && !e.reported) else { continue };
+                    let Some(entry) = running.get_mut(&id).filter(|e| e.token == token && !e.reported) else { continue };
                     match r {
-                        Ok(hb) if hb.cancel_requested => entry.cancel.cancel(),
-                        Ok(_) => {}
+                        Ok(hb) => {
+                            entry.lease_expires_at = hb.lease_expires_at;
+                            if hb.cancel_requested {
+                                entry.cancel.cancel();
+                            }
+                        }
+                        Err(e) if e.is_transient() => {}
                         Err(e) => {
                             tracing::warn!(job = %id, error = %e, "lease lost; stopping its handler");
                             entry.cancel.cancel();
@@ -138,7 +174,19 @@ pub(crate) async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, done: Cance
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                // Stop only the handlers whose lease has run out meanwhile.
+                let now = shared.store.clock().now();
+                let running = shared.running.lock().expect("running map");
+                let mut lost = 0;
+                for entry in running.values().filter(|e| !e.reported && e.lease_expires_at < now) {
+                    entry.cancel.cancel();
+                    lost += 1;
+                }
+                tracing::warn!(error = %e, leases_run_out = lost, "heartbeat failed; trying again in {retry:?}");
+                wait = retry.min(every);
+                retry = (retry * 2).min(every);
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Shared<S> {
 
 pub(crate) struct Running {
     pub token: String,
+    /// The lease as last extended; past it, another worker may hold the job.
+    pub lease_expires_at: kyu_core::Millis,
     /// The handler's cancel signal (operator cancel, lost lease, timeout).
     pub cancel: CancellationToken,
     /// The handler finished and its report is on the way: a heartbeat
@@ -64,9 +66,17 @@ impl<S: Store> Worker<S> {
             .maintenance
             .map(|m| tokio::spawn(crate::run_maintenance(shared.store.clone(), m, background.clone())));
 
-        claim_loop(&shared, &tracker, &shutdown).await;
+        let end = claim_loop(&shared, &tracker, &shutdown).await;
 
         tracker.close();
+        if end == End::Done {
+            // max_jobs reached or drained (burst): let the jobs in hand
+            // finish, unless told to stop meanwhile.
+            tokio::select! {
+                _ = tracker.wait() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
         let grace = shared.config.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(running = tracker.len(), "shutdown grace period over; releasing running jobs");
@@ -82,15 +92,29 @@ impl<S: Store> Worker<S> {
     }
 }
 
-async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+/// Why the claim loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Told to stop.
+    Shutdown,
+    /// `max_jobs` claimed, or (burst) nothing left to do.
+    Done,
+}
+
+async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, shutdown: &CancellationToken) -> End {
     let cfg = &shared.config;
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let mut events = shared.store.subscribe();
     let mut error_pause = Duration::from_millis(50);
+    let mut claimed_total: u64 = 0;
     loop {
+        let left = cfg.max_jobs.map(|m| m.saturating_sub(claimed_total));
+        if left == Some(0) {
+            return End::Done;
+        }
         let first = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return End::Shutdown,
             p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
         };
         let mut permits = vec![first];
@@ -100,7 +124,8 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
         if slots.available_permits() + 1 < cfg.batch {
             tokio::task::yield_now().await;
         }
-        while permits.len() < cfg.batch {
+        let batch = left.map_or(cfg.batch, |l| cfg.batch.min(l as usize));
+        while permits.len() < batch {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -126,7 +151,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
                 shared.reports.put_back(reports);
                 drop(permits);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return End::Shutdown,
                     _ = tokio::time::sleep(error_pause) => {}
                 }
                 error_pause = (error_pause * 2).min(Duration::from_secs(2));
@@ -134,19 +159,21 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
             }
         };
         let got = claimed.jobs.len();
+        claimed_total += got as u64;
         for job in claimed.jobs {
             let permit = permits.pop().expect("never more jobs than permits");
             let cancel = CancellationToken::new();
-            shared
-                .running
-                .lock()
-                .expect("running map")
-                .insert(job.id.clone(), Running { token: job.token.clone(), cancel: cancel.clone(), reported: false });
+            let entry = Running { token: job.token.clone(), lease_expires_at: job.lease_expires_at, cancel: cancel.clone(), reported: false };
+            shared.running.lock().expect("running map").insert(job.id.clone(), entry);
             tracker.spawn(run_job(shared.clone(), job, cancel, permit));
         }
         drop(permits);
         if got == asked {
             continue;
+        }
+        // Nothing more is ready: a burst worker is done once its last jobs are.
+        if cfg.burst && got == 0 && tracker.is_empty() && shared.reports.is_empty() {
+            return End::Done;
         }
         // Fewer jobs than free slots: wait for news. Events that arrived
         // during the claim count, so none is missed between claim and wait.
@@ -158,8 +185,13 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
             let until = (at.0 - shared.store.clock().now().0).max(0) as u64;
             wait = wait.min(Duration::from_millis(until));
         }
+        if cfg.burst {
+            // Look again as soon as a running job finishes (its report rides
+            // with the next claim) or anything becomes ready.
+            wait = wait.min(Duration::from_millis(50));
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return End::Shutdown,
             _ = tokio::time::sleep(wait) => {}
             _ = next_relevant(&mut events, &cfg.queues) => {}
         }
@@ -212,6 +244,7 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
             supervise(task, timeout, &cancel, &shared.hard_stop, shared.config.abort_grace).await
         }
     };
+    let outcome = outcome.map(|o| checked(o, shared.config.max_result_bytes));
     // The reporter removes the job from `running` once the report is applied,
     // so heartbeats keep its lease alive until then.
     match outcome {
@@ -315,6 +348,24 @@ fn outcome_of(r: Result<Result<Value, JobError>, tokio::task::JoinError>) -> Opt
             Outcome::Fail { error, failure: Failure { retry: true, retry_in_ms: None } }
         }
     })
+}
+
+/// A completion the store could not take (a result over the size limit, a
+/// NUL character) fails its attempt at once, without retry: the same
+/// result would be refused again, and leaving the job to its lease would
+/// retry it for nothing.
+pub(crate) fn checked(outcome: Outcome, max_result_bytes: usize) -> Outcome {
+    let Outcome::Complete { result } = &outcome else { return outcome };
+    let size = serde_json::to_string(result).map_or(0, |s| s.len());
+    let problem = if size > max_result_bytes {
+        Some(format!("result is {size} bytes, over the limit of {max_result_bytes}"))
+    } else {
+        outcome.check().err().map(|e| format!("result refused: {e}"))
+    };
+    match problem {
+        Some(error) => Outcome::Fail { error, failure: Failure { retry: false, retry_in_ms: None } },
+        None => outcome,
+    }
 }
 
 fn saver<S: Store>(store: &S) -> Saver {

@@ -38,6 +38,16 @@ pub struct WorkerConfig {
     /// Also run lease rescue and pruning in this process (see
     /// [`crate::run_maintenance`]); on by default, since any live node may.
     pub maintenance: Option<crate::MaintenanceConfig>,
+    /// Claim at most this many jobs in all, then stop once they have
+    /// finished ("take K and stop").
+    pub max_jobs: Option<u64>,
+    /// Stop once no job is ready and none is running (a drain, as a cron
+    /// task or an Airflow task runs a worker).
+    pub burst: bool,
+    /// Largest result a handler may return, in bytes of JSON; a larger one
+    /// fails its attempt at once, without retry (the same result would be
+    /// refused again). 1 MiB by default, the server's default.
+    pub max_result_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +62,9 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             abort_grace: Duration::from_secs(5),
             maintenance: Some(crate::MaintenanceConfig::default()),
+            max_jobs: None,
+            burst: false,
+            max_result_bytes: kyu_core::Limits::default().max_payload_bytes,
         }
     }
 }
@@ -146,6 +159,18 @@ impl<S: Store> WorkerBuilder<S> {
     /// Turns this process's lease rescue and pruning on (`Some`) or off.
     pub fn maintenance(mut self, m: Option<crate::MaintenanceConfig>) -> Self {
         self.config.maintenance = m;
+        self
+    }
+
+    /// Claims at most `n` jobs in all, then stops once they finished.
+    pub fn max_jobs(mut self, n: u64) -> Self {
+        self.config.max_jobs = Some(n);
+        self
+    }
+
+    /// Stops once no job is ready and none is running.
+    pub fn burst(mut self, on: bool) -> Self {
+        self.config.burst = on;
         self
     }
 
