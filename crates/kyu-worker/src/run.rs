@@ -292,9 +292,23 @@ async fn supervise(
     cancel.cancel();
     let fail = |error: &str| Some(Outcome::Fail { error: error.into(), failure: Failure { retry: true, retry_in_ms: None } });
     match stop {
+        // The shutdown grace is over: the handler is told to stop and gets
+        // the abort grace to clean up (a `kyu work` command gets SIGTERM,
+        // then SIGKILL). Its job is released for another worker, attempt
+        // given back, unless it completed meanwhile.
         Stop::Shutdown => {
-            task.abort();
-            Some(Outcome::Snooze { delay_ms: 0 })
+            let finished = tokio::select! {
+                r = &mut task => Some(r),
+                _ = tokio::time::sleep(grace) => None,
+            };
+            match finished {
+                Some(Ok(Ok(result))) => Some(Outcome::Complete { result }),
+                Some(_) => Some(Outcome::Snooze { delay_ms: 0 }),
+                None => {
+                    task.abort();
+                    Some(Outcome::Snooze { delay_ms: 0 })
+                }
+            }
         }
         Stop::Timeout => {
             tokio::select! {

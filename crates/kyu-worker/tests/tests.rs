@@ -215,6 +215,7 @@ async fn shutdown_releases_jobs_still_running_after_grace() {
     let stop = CancellationToken::new();
     let worker = Worker::builder(s.clone())
         .shutdown_grace(Duration::from_millis(200))
+        .abort_grace(Duration::from_millis(200))
         .handle("forever", |_: Value, _ctx: JobContext| async move {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(())
