@@ -55,6 +55,14 @@ pub enum Command {
     },
     /// List jobs, newest first.
     Jobs(JobsArgs),
+    /// Print a job's log (a command's stderr, a handler's ctx.log), oldest first.
+    Log {
+        /// Job id.
+        id: String,
+        /// Only this attempt's lines.
+        #[arg(long)]
+        attempt: Option<i32>,
+    },
     /// List queues with their settings and job counts.
     Queues,
     /// Cancel a job (a running one is asked to stop).
@@ -293,29 +301,40 @@ pub struct JobsArgs {
 #[derive(Debug, Args)]
 pub struct WorkArgs {
     /// Queue to take jobs from (repeatable; first listed first). Default: default.
-    #[arg(long = "queue", short = 'q')]
+    #[arg(long = "queue", short = 'q', env = "KYU_QUEUES", value_delimiter = ',', value_name = "QUEUE")]
     pub queues: Vec<String>,
     /// Commands running at once (default: the number of CPUs).
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', env = "KYU_CONCURRENCY")]
     pub concurrency: Option<usize>,
-    /// Most jobs claimed at a time (default: the concurrency).
-    #[arg(long)]
+    /// Most jobs claimed at a time, at most the concurrency (default: the concurrency).
+    #[arg(long, env = "KYU_BATCH")]
     pub batch: Option<usize>,
     /// Lease per claim; heartbeats renew it every third of it.
-    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    #[arg(long, env = "KYU_LEASE", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub lease: Duration,
     /// How often to look for jobs from other processes when idle.
-    #[arg(long, value_parser = parse_duration, default_value = "200ms", value_name = "DURATION")]
+    #[arg(long, env = "KYU_POLL", value_parser = parse_duration, default_value = "200ms", value_name = "DURATION")]
     pub poll: Duration,
-    /// On Ctrl-C or SIGTERM, how long to let running commands finish before releasing their jobs.
-    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    /// On SIGTERM or Ctrl-C, how long running commands may finish before
+    /// they are stopped and their jobs released.
+    #[arg(long, env = "KYU_GRACE", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub grace: Duration,
+    /// When a command must stop (timeout, cancel, shutdown), its process
+    /// group gets SIGTERM, then SIGKILL after this.
+    #[arg(long, env = "KYU_KILL_GRACE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub kill_grace: Duration,
     /// Worker name shown on jobs (default: host-pid).
-    #[arg(long)]
+    #[arg(long, env = "KYU_WORKER_NAME")]
     pub name: Option<String>,
-    /// Stop after this many jobs have finished (for scripts and tests).
-    #[arg(long, value_name = "N")]
+    /// Take at most N jobs, then exit once they are done.
+    #[arg(long, env = "KYU_MAX_JOBS", value_name = "N")]
     pub max_jobs: Option<u64>,
+    /// Exit 0 once no job is ready and none is running.
+    #[arg(long, env = "KYU_BURST")]
+    pub burst: bool,
+    /// Largest stdout taken as a result, in bytes; a larger one fails the attempt without retry.
+    #[arg(long, env = "KYU_MAX_RESULT", default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_result: usize,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

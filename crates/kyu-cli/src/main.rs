@@ -15,6 +15,14 @@ use crate::args::Cli;
 use crate::error::CliError;
 
 fn main() -> ExitCode {
+    // `kyu work` starts this binary again as its watchdog (see
+    // commands::work::group); it takes no other arguments.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("__watchdog") {
+        let grace = args.next().and_then(|g| g.parse().ok()).unwrap_or(10_000);
+        commands::run_watchdog(grace);
+        return ExitCode::SUCCESS;
+    }
     // Parsed in two steps so `server --print-config` can tell where each
     // setting came from (flag, environment, default).
     let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
@@ -27,6 +35,15 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli);
+    if !cli.command.is_long_running() {
+        // A closed pipe (`kyu jobs | head`) ends a short command quietly, as
+        // it ends `ls`, rather than as an error at the next print. Servers and
+        // workers keep Rust's default (ignored), since they write to sockets.
+        // SAFETY: restoring the default disposition of one signal at start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

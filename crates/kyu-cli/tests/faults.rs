@@ -304,6 +304,7 @@ fn worker_cut_off_from_postgres_loses_its_leases() {
             .stdout(std::process::Stdio::null())
             .stderr(err)
             .spawn()
+            .map(support::Proc::from)
             .unwrap()
     };
     k.wait_count("running", 4);
@@ -357,7 +358,7 @@ fn sqlite_writers_killed_keep_the_file_sound() {
             r#"i=0; while [ $i -lt 400 ]; do id="k{round}-$i"; "{kyu}" --database "{db}" enqueue crash job "$i" --id "$id" --max-attempts 50 --backoff fixed:10ms >/dev/null && echo "$id" >> "{}"; i=$((i+1)); done"#,
             acked.display()
         );
-        Command::new("sh").arg("-c").arg(script).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+        support::Proc::from(Command::new("sh").arg("-c").arg(script).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
     };
     let script = recording_command(&k);
     for round in 0..5 {
@@ -537,14 +538,16 @@ fn idle_and_slow_connections_do_not_starve_healthz() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let err = std::fs::File::create(k.path("server.log")).unwrap();
-    let mut server = Command::new("sh")
-        .arg("-c")
-        .arg(format!(r#"ulimit -n 256 && exec "{}" --database "{}" server --listen {listen}"#, env!("CARGO_BIN_EXE_kyu"), k.db()))
-        .current_dir(k.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
+    let mut server = support::Proc::from(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(r#"ulimit -n 256 && exec "{}" --database "{}" server --listen {listen}"#, env!("CARGO_BIN_EXE_kyu"), k.db()))
+            .current_dir(k.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("http://{listen}");
     wait_until("the server", Duration::from_secs(30), || healthy(&url));
     let mut idle = Vec::new();

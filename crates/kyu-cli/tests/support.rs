@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -77,9 +78,9 @@ impl Kyu {
     }
 
     /// Starts a long-running command with its stderr in `<log>.log`.
-    pub fn spawn(&self, log: &str, args: &[&str]) -> Child {
+    pub fn spawn(&self, log: &str, args: &[&str]) -> Proc {
         let err = std::fs::File::create(self.path(&format!("{log}.log"))).unwrap();
-        self.command(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().unwrap()
+        Proc(Some(self.command(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().unwrap()))
     }
 
     pub fn job(&self, id: &str) -> Value {
@@ -119,8 +120,43 @@ impl Kyu {
     }
 }
 
+/// A spawned process that is killed if the test ends (or fails) with it
+/// still running, so a failed test leaves nothing behind.
+pub struct Proc(pub Option<Child>);
+
+impl Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl From<Child> for Proc {
+    fn from(c: Child) -> Proc {
+        Proc(Some(c))
+    }
+}
+
 /// Asks a process to stop gracefully and waits for it.
-pub fn terminate(mut child: Child) -> std::process::ExitStatus {
+pub fn terminate(mut proc: Proc) -> std::process::ExitStatus {
+    let mut child = proc.0.take().expect("running");
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let start = Instant::now();
     loop {
@@ -134,7 +170,7 @@ pub fn terminate(mut child: Child) -> std::process::ExitStatus {
 
 /// A `kyu server` process on a free port, stopped with SIGTERM when dropped.
 pub struct Server {
-    pub child: Option<Child>,
+    pub child: Option<Proc>,
     pub url: String,
 }
 
@@ -144,7 +180,8 @@ pub fn free_port() -> u16 {
 }
 
 /// SIGKILL: no chance to clean up.
-pub fn kill9(mut child: Child) {
+pub fn kill9(mut proc: Proc) {
+    let mut child = proc.0.take().expect("running");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -103,3 +103,16 @@ pub async fn queues<S: Store>(store: &S, json: bool) -> Result<ExitCode, CliErro
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kyu log ID`: the job's log lines, oldest first.
+pub async fn log<S: Store>(store: &S, id: &JobId, attempt: Option<i32>, json: bool) -> Result<ExitCode, CliError> {
+    let lines = store.job_log(kyu_store::JobLogParams { id: id.clone(), attempt }).await?;
+    if json {
+        output::json(&kyu_store::LogLines { lines });
+    } else {
+        for l in lines {
+            println!("{} #{} {}", l.at, l.attempt, l.line);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -15,6 +15,8 @@ use kyu_core::{JobId, QueueName};
 use kyu_store::Store;
 
 use crate::args::{Cli, Command};
+
+pub use work::run_watchdog;
 use crate::error::CliError;
 
 /// Opens the store the arguments name and runs the command on it.
@@ -59,6 +61,7 @@ async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, Cli
         Command::Result { id, wait } => inspect::result(&store, &job_id(&id)?, wait, json).await,
         Command::Jobs(a) => inspect::jobs(&store, a, json).await,
         Command::Queues => inspect::queues(&store, json).await,
+        Command::Log { id, attempt } => inspect::log(&store, &job_id(&id)?, attempt, json).await,
         Command::Cancel { id } => admin::cancel(&store, &job_id(&id)?, json).await,
         Command::Retry(a) => admin::retry(&store, a, json).await,
         Command::Delete { id } => admin::delete(&store, &job_id(&id)?).await,
