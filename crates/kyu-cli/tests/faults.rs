@@ -594,3 +594,48 @@ fn idle_and_slow_connections_do_not_starve_healthz() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// An HTTP worker whose link to the server drops for a few seconds while
+/// it runs jobs: its heartbeats fail and are retried, nothing is cancelled,
+/// and every job runs once.
+#[test]
+fn http_worker_rides_out_a_network_blip() {
+    let _heavy = heavy();
+    let k = Kyu::new();
+    let server = k.server("server", &[]);
+    let authority = server.url.trim_start_matches("http://").to_owned();
+    let link = Partition::new(authority);
+    let via = format!("http://127.0.0.1:{}", link.port);
+    let n = 6;
+    for i in 0..n {
+        k.ok(&["--url", &server.url, "enqueue", "blip", "job", &i.to_string(), "--id", &format!("b{i}")]);
+    }
+    let script = format!(r#"echo "$KYU_JOB_ID $KYU_ATTEMPT" >> {}; sleep 4; cat"#, k.path("runs.txt").display());
+    let worker = k.spawn("worker", &["--url", &via, "work", "-q", "blip", "-c", "6", "--lease", "6s", "--", "sh", "-c", &script]);
+    wait_until("the jobs to start", Duration::from_secs(30), || attempts_run_twice(&k).1.len() == n);
+    link.cut();
+    let cut_for = Duration::from_secs(3);
+    std::thread::sleep(cut_for); // the length of the outage is the point of the test
+    link.heal();
+    wait_until("every job to complete", Duration::from_secs(60), || {
+        let (_, q) = http(&server.url, "GET", "/v1/queues", None, None);
+        q["queues"][0]["counts"]["completed"].as_u64() == Some(n as u64)
+    });
+    assert!(terminate(worker).success());
+    let (doubles, runs) = attempts_run_twice(&k);
+    let log = std::fs::read_to_string(k.path("worker.log")).unwrap_or_default();
+    let failed_heartbeats = log.matches("heartbeat failed").count();
+    let cancelled = log.matches("lease lost").count() + log.matches("stopping its handler").count();
+    for i in 0..n {
+        let (_, job) = http(&server.url, "GET", &format!("/v1/jobs/b{i}"), None, None);
+        assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("completed"), Some(1)), "{job}");
+    }
+    report(format!(
+        "HTTP worker through a {} s network outage [sqlite]: jobs {n} failed heartbeats {failed_heartbeats} handlers cancelled {cancelled} runs {} attempts-run-twice {doubles}",
+        cut_for.as_secs(),
+        runs.values().sum::<usize>()
+    ));
+    assert!(failed_heartbeats >= 1, "the outage was felt: {log}");
+    assert_eq!((cancelled, doubles), (0, 0), "{log}");
+    assert!(runs.values().all(|c| *c == 1));
+}
