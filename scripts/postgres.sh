@@ -35,10 +35,25 @@ chmod 755 "$KYU_PG_DIR"
 [ "$(id -u)" -eq 0 ] && chown postgres "$KYU_PG_DIR"
 KYU_PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
 
+# TLS: a CA made here signs a certificate for localhost and 127.0.0.1, which
+# the server presents, so tests connect with sslmode=verify-full (and the
+# HTTPS tests reuse it). Plain connections keep working beside TLS ones.
+mkdir -p "$KYU_PG_DIR/tls"
+(
+  cd "$KYU_PG_DIR/tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=kyu test CA" -keyout ca.key -out ca.crt 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n" > ext.cnf
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 -extfile ext.cnf -out server.crt 2>/dev/null
+  cp server.key pg.key && chmod 600 pg.key
+) || { echo "openssl could not make the test certificates" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] && chown postgres "$KYU_PG_DIR/tls/pg.key"
+export KYU_TEST_TLS_CA="$KYU_PG_DIR/tls/ca.crt" KYU_TEST_TLS_CERT="$KYU_PG_DIR/tls/server.crt" KYU_TEST_TLS_KEY="$KYU_PG_DIR/tls/server.key"
+
 "${KYU_PG_RUN[@]}" "$KYU_PG_BIN/initdb" -D "$KYU_PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale >"$KYU_PG_DIR/initdb.log" 2>&1 \
   || { cat "$KYU_PG_DIR/initdb.log" >&2; exit 1; }
 "${KYU_PG_RUN[@]}" "$KYU_PG_BIN/pg_ctl" -D "$KYU_PG_DIR/data" -l "$KYU_PG_DIR/server.log" -w -t 60 \
-  -o "-p $KYU_PG_PORT -k $KYU_PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB" start >/dev/null \
+  -o "-p $KYU_PG_PORT -k $KYU_PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB -c ssl=on -c ssl_cert_file=$KYU_PG_DIR/tls/server.crt -c ssl_key_file=$KYU_PG_DIR/tls/pg.key" start >/dev/null \
   || { cat "$KYU_PG_DIR/server.log" >&2; exit 1; }
 
 kyu_pg_stop() {

@@ -33,6 +33,7 @@ mod log;
 mod migrate;
 mod read;
 mod schedules;
+mod tls;
 mod tx;
 
 #[cfg(feature = "testing")]
@@ -60,9 +61,9 @@ use kyu_core::transition::Retention;
 use kyu_core::{Clock, Job, JobId, NewJob, QueueInfo};
 use kyu_store::*;
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 
 pub use conn::Conn;
+pub use tls::{SslMode, TlsSettings};
 
 use crate::error::{PgResultExt, pool_err};
 use crate::tx::{Settings, Tx};
@@ -143,8 +144,11 @@ impl PgStore {
         if schema.is_some() {
             opts.schema = schema;
         }
+        let (url, tls) = tls::split_tls(&url)?;
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}").into()))?;
+        config.ssl_mode(tls.mode.driver());
+        let connector = tls::connector(&tls)?;
         if let Some(schema) = &opts.schema {
             if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
                 return Err(StoreError::Backend(format!("schema `{schema}` must be [a-z0-9_]+").into()));
@@ -158,10 +162,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("kyu");
         }
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}").into()))?;
+        let (mut client, connection) = config.connect(connector.clone()).await.map_err(|e| {
+            let why = crate::error::PgError::from(e);
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL (sslmode={}): {why}", sslmode_name(tls.mode)).into())
+        })?;
         let conn_task = tokio::spawn(connection);
         migrate::run(&mut client, opts.schema.as_deref()).await.db()?;
         let found: i32 = client.query_one("SELECT max(version) FROM kyu_migrations", &[]).await.db()?.get(0);
@@ -172,7 +176,7 @@ impl PgStore {
                 format!("the database has kyu schema version {found}, newer than this kyu ({})", migrate::latest()).into(),
             ));
         }
-        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config.clone(), connector.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(opts.pool_size.max(1))
             .build()
@@ -180,7 +184,7 @@ impl PgStore {
         let channel = format!("kyu:{}", opts.schema.as_deref().unwrap_or("public"));
         let (events, _) = broadcast::channel(4096);
         let listening = Arc::new(listen::Listening::default());
-        let listener = tokio::spawn(listen::run(config, channel.clone(), events.clone(), listening.clone()));
+        let listener = tokio::spawn(listen::run(config, connector, channel.clone(), events.clone(), listening.clone()));
         let settings = Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
     }
@@ -228,6 +232,16 @@ impl PgStore {
     /// lost and reconnects).
     pub fn listen_connects(&self) -> u64 {
         self.inner.listening.connects.load(Ordering::Relaxed)
+    }
+}
+
+fn sslmode_name(m: SslMode) -> &'static str {
+    match m {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
     }
 }
 

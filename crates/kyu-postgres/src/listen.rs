@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kyu_store::StoreEvent;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::error::PgError;
 use crate::migrate::quote_ident;
@@ -26,6 +26,7 @@ pub(crate) struct Listening {
 
 pub(crate) async fn run(
     config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     channel: String,
     events: broadcast::Sender<StoreEvent>,
     state: Arc<Listening>,
@@ -34,7 +35,7 @@ pub(crate) async fn run(
     let mut pause = Duration::from_millis(50);
     let mut first = true;
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (msgs_tx, mut msgs) = tokio::sync::mpsc::unbounded_channel();
                 // The connection must be polled for the client to work; its

@@ -12,4 +12,13 @@ mod conformance {
     kyu_storetest::conformance!(fresh);
 }
 
+/// The whole suite again over TLS, `sslmode=verify-full`.
+mod over_tls {
+    async fn fresh() -> (kyu_postgres::PgStore, String) {
+        kyu_postgres::testing::fresh_tls_store().await
+    }
+    kyu_storetest::conformance!(fresh);
+}
+
 mod postgres;
+mod tls;
