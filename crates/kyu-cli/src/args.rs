@@ -5,24 +5,39 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// kyu: a durable job queue.
+///
+/// Settings come from flags, then the environment (KYU_*), then a TOML file
+/// (--config or KYU_CONFIG), then defaults: a flag always wins.
 #[derive(Debug, Parser)]
 #[command(name = "kyu", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Database: a SQLite file path or a postgres:// URL [default: ./kyu.db].
-    #[arg(long, global = true, env = "KYU_DATABASE_URL")]
+    /// Database: a SQLite file path or a postgres:// URL [default: ./kyu.db] [env: KYU_DATABASE_URL].
+    #[arg(long, global = true, help_heading = "Global options")]
     pub database: Option<String>,
 
-    /// Talk to a kyu server instead of opening the database.
-    #[arg(long, global = true, env = "KYU_URL", value_name = "URL")]
+    /// Talk to a kyu server (http:// or https://) instead of opening the database [env: KYU_URL].
+    #[arg(long, global = true, value_name = "URL", help_heading = "Global options")]
     pub url: Option<String>,
 
-    /// Bearer token for --url.
-    #[arg(long = "auth", global = true, env = "KYU_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    /// Bearer token for --url [env: KYU_TOKEN].
+    #[arg(long = "auth", global = true, value_name = "TOKEN", help_heading = "Global options")]
     pub auth: Option<String>,
 
-    /// Print exactly the JSON the HTTP API returns for the same call.
-    #[arg(long, global = true)]
+    /// A CA certificate (PEM) to trust for https:// URLs, besides the system's [env: KYU_CACERT].
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Global options")]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// A TOML file of settings (top-level keys like the long flags, [work] for kyu work) [env: KYU_CONFIG].
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Global options")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print exactly the JSON the HTTP API returns for the same call (errors too).
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+
+    /// Say which database or server is used, and log more.
+    #[arg(long, short = 'v', global = true, help_heading = "Global options")]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -82,12 +97,21 @@ pub enum Command {
     Pause {
         /// Queue name.
         queue: String,
+        /// Pause it even if no job has made it yet.
+        #[arg(long)]
+        create: bool,
     },
     /// Resume a paused queue.
     Resume {
         /// Queue name.
         queue: String,
+        /// Resume it even if no job has made it yet.
+        #[arg(long)]
+        create: bool,
     },
+    /// A queue's limits: `kyu queue set QUEUE --concurrency 4 --rate 100/1s ...`.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Run a command once per job: payload on stdin, result from stdout.
     Work(WorkArgs),
     /// Cron schedules: each tick enqueues one job.
@@ -95,54 +119,90 @@ pub enum Command {
     Schedule(ScheduleCommand),
     /// Measure kyu on this machine: the BENCHMARKS.md workloads against the raw-SQL ceiling.
     Bench(BenchArgs),
+    /// Apply the database's schema migrations and exit (for deploy pipelines;
+    /// every command also migrates on open).
+    Migrate,
+    /// Copy the SQLite database, consistently, while it is in use (the
+    /// WAL-safe way to back it up; on PostgreSQL use pg_dump).
+    Backup {
+        /// The new file to write.
+        dest: std::path::PathBuf,
+    },
 }
 
 impl Command {
     /// Commands that run until stopped log at info level by default.
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Work(_) | Command::Bench(_) | Command::Server(_))
+        match self {
+            Command::Work(a) => !a.print_config,
+            Command::Server(a) => !a.print_config,
+            Command::Bench(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Commands that may create a new SQLite database file; the others
+    /// need one to exist.
+    pub fn creates_database(&self) -> bool {
+        match self {
+            Command::Server(_) | Command::Enqueue(_) | Command::Batch { .. } | Command::Work(_) | Command::Migrate => true,
+            // Defining a schedule, or a queue's settings on purpose, before any job.
+            Command::Schedule(ScheduleCommand::Set { .. }) => true,
+            Command::Pause { create, .. } | Command::Resume { create, .. } => *create,
+            Command::Queue(QueueCommand::Set(a)) => a.create,
+            _ => false,
+        }
     }
 }
 
+/// `kyu server`'s flags. Each may also come from the environment or the
+/// config file (see `kyu server --print-config`); defaults in brackets.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on: IP:PORT or HOST:PORT.
-    #[arg(long, env = "KYU_LISTEN", default_value = "127.0.0.1:7700", value_name = "ADDR")]
-    pub listen: String,
-    /// Most connections open at once (kept below the file-descriptor limit);
-    /// when reached, the longest-idle connection is closed to admit a new one.
-    #[arg(long, env = "KYU_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N")]
-    pub max_connections: usize,
-    /// A request's headers must arrive within this; idle keep-alive
-    /// connections are closed after it.
-    #[arg(long, env = "KYU_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
-    pub header_timeout: Duration,
-    /// How long past its time limit a job may run before the store fails
-    /// it with "timeout", heartbeats or not.
-    #[arg(long, env = "KYU_KILL_GRACE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
-    pub kill_grace: Duration,
-    /// API token as ROLE:SECRET, role admin, producer or worker (repeatable;
-    /// KYU_TOKENS takes a comma-separated list).
-    #[arg(long = "token", env = "KYU_TOKENS", value_delimiter = ',', hide_env_values = true, value_name = "ROLE:SECRET")]
+    /// Address to listen on, IP:PORT or HOST:PORT [default: 127.0.0.1:7700] [env: KYU_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// API token as ROLE:SECRET (admin, producer or worker; secrets of at
+    /// least 8 characters; repeatable) [env: KYU_TOKENS, comma-separated].
+    #[arg(long = "token", value_name = "ROLE:SECRET")]
     pub tokens: Vec<String>,
-    /// Allow listening beyond loopback without tokens.
-    #[arg(long, env = "KYU_INSECURE")]
+    /// Allow listening beyond loopback without tokens [env: KYU_INSECURE].
+    #[arg(long)]
     pub insecure: bool,
-    /// How long completed jobs are kept by default.
-    #[arg(long, env = "KYU_KEEP_RESULT", value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
-    pub keep_result: Duration,
-    /// How long failed and cancelled jobs are kept.
-    #[arg(long, env = "KYU_KEEP_FAILED", value_parser = parse_duration, default_value = "7d", value_name = "DURATION")]
-    pub keep_failed: Duration,
-    /// Largest payload (and result, checkpoint, progress), in bytes.
-    #[arg(long, env = "KYU_MAX_PAYLOAD", default_value_t = 1 << 20, value_name = "BYTES")]
-    pub max_payload: usize,
-    /// Largest request body, in bytes.
-    #[arg(long, env = "KYU_MAX_BODY", default_value_t = 16 << 20, value_name = "BYTES")]
-    pub max_body: usize,
-    /// Longest the server holds a long poll, whatever wait_ms asks.
-    #[arg(long, env = "KYU_LONG_POLL_CAP", value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
-    pub long_poll_cap: Duration,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded on SIGHUP) [env: KYU_TLS_CERT].
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM) [env: KYU_TLS_KEY].
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// How long completed jobs are kept by default [default: 24h] [env: KYU_KEEP_RESULT].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_result: Option<Duration>,
+    /// How long failed and cancelled jobs are kept [default: 7d] [env: KYU_KEEP_FAILED].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_failed: Option<Duration>,
+    /// Largest payload (and result, checkpoint, progress), in bytes [default: 1048576] [env: KYU_MAX_PAYLOAD].
+    #[arg(long, value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+    /// Largest request body, in bytes [default: 16777216] [env: KYU_MAX_BODY].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Longest the server holds a long poll, whatever wait_ms asks [default: 60s] [env: KYU_LONG_POLL_CAP].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub long_poll_cap: Option<Duration>,
+    /// Most connections open at once (kept below the file-descriptor limit);
+    /// when reached, the longest-idle connection is closed to admit a new
+    /// one [default: 1024] [env: KYU_MAX_CONNECTIONS].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// A request's headers must arrive within this; idle keep-alive
+    /// connections are closed after it [default: 10s] [env: KYU_HEADER_TIMEOUT].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Option<Duration>,
+    /// How long past its time limit a job may run before the store fails
+    /// it with "timeout", heartbeats or not [default: 10s] [env: KYU_KILL_GRACE].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_grace: Option<Duration>,
     /// Print the settings in force and where each came from, then exit.
     #[arg(long)]
     pub print_config: bool,
@@ -245,6 +305,33 @@ pub enum ScheduleCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Set a queue's limits (`none` clears one); shows the queue.
+    Set(QueueSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueSetArgs {
+    /// Queue name.
+    pub queue: String,
+    /// Most jobs running at once across all workers, or none.
+    #[arg(long, value_name = "N|none")]
+    pub concurrency: Option<String>,
+    /// Most claims per period across all workers, e.g. 100/1s, or none.
+    #[arg(long, value_name = "MAX/PERIOD|none")]
+    pub rate: Option<String>,
+    /// Most jobs running at once per group (tenant), or none.
+    #[arg(long, value_name = "N|none")]
+    pub group_concurrency: Option<String>,
+    /// Default time limit of its jobs (arq's job_timeout), e.g. 5m, or none.
+    #[arg(long, value_name = "DURATION|none")]
+    pub timeout: Option<String>,
+    /// Set it even if no job has made the queue yet.
+    #[arg(long)]
+    pub create: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     /// Job id (or use --failed to retry many).
@@ -298,45 +385,54 @@ pub struct JobsArgs {
     pub cursor: Option<String>,
 }
 
+/// `kyu work`'s flags. Each may also come from the environment or the
+/// `[work]` table of the config file; defaults in brackets.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// Queue to take jobs from (repeatable; first listed first). Default: default.
-    #[arg(long = "queue", short = 'q', env = "KYU_QUEUES", value_delimiter = ',', value_name = "QUEUE")]
+    /// Queue to take jobs from (repeatable; first listed first) [default: default] [env: KYU_QUEUES, comma-separated].
+    #[arg(long = "queue", short = 'q', value_delimiter = ',', value_name = "QUEUE")]
     pub queues: Vec<String>,
-    /// Commands running at once (default: the number of CPUs).
-    #[arg(long, short = 'c', env = "KYU_CONCURRENCY")]
+    /// Commands running at once [default: the number of CPUs] [env: KYU_CONCURRENCY].
+    #[arg(long, short = 'c')]
     pub concurrency: Option<usize>,
-    /// Most jobs claimed at a time, at most the concurrency (default: the concurrency).
-    #[arg(long, env = "KYU_BATCH")]
+    /// Most jobs claimed at a time, at most the concurrency [default: the concurrency] [env: KYU_BATCH].
+    #[arg(long)]
     pub batch: Option<usize>,
-    /// Lease per claim; heartbeats renew it every third of it.
-    #[arg(long, env = "KYU_LEASE", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
-    pub lease: Duration,
-    /// How often to look for jobs from other processes when idle.
-    #[arg(long, env = "KYU_POLL", value_parser = parse_duration, default_value = "200ms", value_name = "DURATION")]
-    pub poll: Duration,
+    /// Lease per claim; heartbeats renew it every third of it [default: 30s] [env: KYU_LEASE].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub lease: Option<Duration>,
+    /// How often to look for jobs from other processes when idle [default: 200ms] [env: KYU_POLL].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub poll: Option<Duration>,
     /// On SIGTERM or Ctrl-C, how long running commands may finish before
-    /// they are stopped and their jobs released.
-    #[arg(long, env = "KYU_GRACE", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
-    pub grace: Duration,
+    /// they are stopped and their jobs released [default: 30s] [env: KYU_GRACE].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub grace: Option<Duration>,
     /// When a command must stop (timeout, cancel, shutdown), its process
-    /// group gets SIGTERM, then SIGKILL after this.
-    #[arg(long, env = "KYU_KILL_GRACE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
-    pub kill_grace: Duration,
-    /// Worker name shown on jobs (default: host-pid).
-    #[arg(long, env = "KYU_WORKER_NAME")]
+    /// group gets SIGTERM, then SIGKILL after this [default: 10s] [env: KYU_KILL_GRACE].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_grace: Option<Duration>,
+    /// Worker name shown on jobs [default: host-pid] [env: KYU_WORKER_NAME].
+    #[arg(long)]
     pub name: Option<String>,
-    /// Take at most N jobs, then exit once they are done.
-    #[arg(long, env = "KYU_MAX_JOBS", value_name = "N")]
+    /// Take at most N jobs, then exit once they are done [env: KYU_MAX_JOBS].
+    #[arg(long, value_name = "N")]
     pub max_jobs: Option<u64>,
-    /// Exit 0 once no job is ready and none is running.
-    #[arg(long, env = "KYU_BURST")]
+    /// Exit 0 once no job is ready and none is running [env: KYU_BURST].
+    #[arg(long)]
     pub burst: bool,
-    /// Largest stdout taken as a result, in bytes; a larger one fails the attempt without retry.
-    #[arg(long, env = "KYU_MAX_RESULT", default_value_t = 1 << 20, value_name = "BYTES")]
-    pub max_result: usize,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Largest stdout taken as a result, in bytes; a larger one fails the
+    /// attempt without retry [default: 1048576] [env: KYU_MAX_RESULT].
+    #[arg(long, value_name = "BYTES")]
+    pub max_result: Option<usize>,
+    /// Serve this worker's Prometheus metrics on ADDR (/metrics) [env: KYU_METRICS].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Print the settings in force and where each came from, then exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// The command and its arguments, after `--` [env: KYU_COMMAND; config: work.command].
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 

@@ -4,12 +4,13 @@
 
 mod args;
 mod commands;
+mod config;
 mod error;
 mod output;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::Parser;
 
 use crate::args::Cli;
 use crate::error::CliError;
@@ -23,11 +24,8 @@ fn main() -> ExitCode {
         commands::run_watchdog(grace);
         return ExitCode::SUCCESS;
     }
-    // Parsed in two steps so `server --print-config` can tell where each
-    // setting came from (flag, environment, default).
-    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let (cli, matches) = match parsed {
-        Ok(both) => both,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
             // clap prints help and version to stdout with exit 0, errors with 2.
             let _ = e.print();
@@ -51,17 +49,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli, matches)) {
+    let json = cli.json;
+    match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kyu: {e}");
+            if json {
+                // The API's error shape, so scripts read one format.
+                let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+                println!("{body}");
+            } else {
+                eprintln!("kyu: {e}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn init_tracing(cli: &Cli) {
-    let default = if cli.command.is_long_running() { "info" } else { "warn" };
+    let default = if cli.verbose || cli.command.is_long_running() { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KYU_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
@@ -77,7 +82,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Refused(_) | CliError::Failed(_) => 1,
+            CliError::Refused { .. } | CliError::Failed(_) => 1,
         }
     }
 }

@@ -134,6 +134,9 @@ pub fn queue_table(queues: &[QueueInfo]) {
             if let Some(g) = q.group_concurrency {
                 limits.push(format!("per-group={g}"));
             }
+            if let Some(t) = q.timeout_ms {
+                limits.push(format!("timeout={}", crate::config::human(std::time::Duration::from_millis(t.max(0) as u64))));
+            }
             vec![
                 q.name.to_string(),
                 if q.paused { "paused".into() } else { "active".into() },

@@ -33,17 +33,34 @@ struct Inner {
 }
 
 impl HttpStore {
-    /// A store on the server at `url` (e.g. `http://127.0.0.1:7700`), with an
+    /// A store on the server at `url` (`http://127.0.0.1:7700`, or
+    /// `https://...`, trusting the system's root certificates), with an
     /// optional bearer token.
     pub fn new(url: &str, token: Option<String>) -> Result<HttpStore, StoreError> {
-        if !url.starts_with("http://") {
-            return Err(StoreError::Backend(format!("`{url}`: the URL must start with http:// (TLS belongs to a proxy in front)").into()));
+        HttpStore::with_ca(url, token, None)
+    }
+
+    /// [`HttpStore::new`], also trusting the CA certificate(s) in the PEM
+    /// file `cacert` (`--cacert`, `KYU_CACERT`), for a server whose
+    /// certificate is signed by a private CA.
+    pub fn with_ca(url: &str, token: Option<String>, cacert: Option<&std::path::Path>) -> Result<HttpStore, StoreError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(StoreError::Backend(format!("`{url}`: the URL must start with http:// or https://").into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(90)).pool_max_idle_per_host(64);
+        if let Some(path) = cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| StoreError::Backend(format!("cannot read the CA certificate {}: {e}", path.display()).into()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| StoreError::Backend(format!("{}: not a PEM certificate: {e}", path.display()).into()))?;
+            if certs.is_empty() {
+                return Err(StoreError::Backend(format!("{}: no certificate in the file", path.display()).into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| StoreError::Backend(Box::new(e)))?;
         let (events, _) = broadcast::channel(1);
         Ok(HttpStore {
             inner: Arc::new(Inner {
@@ -92,12 +109,12 @@ impl HttpStore {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT {
             return serde_json::from_value(Value::Null).map_err(|e| StoreError::Backend(Box::new(e)));
         }
-        let text = resp.text().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let text = resp.text().await.map_err(|e| self.transport(e))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("unreadable answer: {e}").into()));
         }
@@ -115,9 +132,39 @@ impl HttpStore {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
                 StoreError::Unavailable(message.into())
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Backend(format!("{status}: {message}").into()),
+            StatusCode::UNAUTHORIZED => StoreError::Denied {
+                code: "unauthorized",
+                message: format!(
+                    "the server at {} wants a valid token ({message}): set KYU_TOKEN or --auth",
+                    self.inner.base
+                ),
+            },
+            StatusCode::FORBIDDEN => StoreError::Denied {
+                code: "forbidden",
+                message: format!("{message}: use a token whose role may (admin does everything)"),
+            },
             _ => StoreError::Backend(format!("{status}: {message}").into()),
         })
+    }
+
+    /// A request that never got an answer: the cause spelled out, and what
+    /// to check.
+    fn transport(&self, e: reqwest::Error) -> StoreError {
+        let mut why = String::new();
+        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why = c.to_string();
+            cause = c.source();
+        }
+        let hint = if why.contains("certificate") || why.contains("UnknownIssuer") {
+            "; if the server uses a private CA, give it with --cacert or KYU_CACERT"
+        } else if e.is_connect() {
+            "; is `kyu server` running there?"
+        } else {
+            ""
+        };
+        let why = if why.is_empty() { e.to_string() } else { why };
+        StoreError::Unavailable(format!("cannot reach the kyu server at {}: {why}{hint}", self.inner.base).into())
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, StoreError> {

@@ -81,7 +81,8 @@ pub struct PgOptions {
     /// Schema for kyu's tables (created if missing); `None` uses the
     /// connection's search path (normally `public`).
     pub schema: Option<String>,
-    /// Most pooled connections this process opens (plus one for LISTEN).
+    /// Most pooled connections this process opens (plus one for LISTEN);
+    /// `?pool_size=N` in the URL sets it.
     pub pool_size: usize,
 }
 
@@ -143,6 +144,14 @@ impl PgStore {
         let (url, schema) = split_schema(url);
         if schema.is_some() {
             opts.schema = schema;
+        }
+        let (url, pool_size) = split_param(&url, "pool_size");
+        if let Some(n) = pool_size {
+            opts.pool_size = n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| StoreError::Backend(format!("pool_size `{n}`: give 1 to 1000 connections").into()))?;
         }
         let (url, tls) = tls::split_tls(&url)?;
         let mut config = tokio_postgres::Config::from_str(&url)
@@ -248,20 +257,27 @@ fn sslmode_name(m: SslMode) -> &'static str {
 /// Takes kyu's own `schema=` parameter out of a URL, which the driver would
 /// refuse as unknown.
 fn split_schema(url: &str) -> (String, Option<String>) {
+    split_param(url, "schema")
+}
+
+/// Takes the parameter `name` (one of kyu's own: `schema`, `pool_size`) out
+/// of a URL's query.
+fn split_param(url: &str, name: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
-    let mut schema = None;
+    let mut found = None;
+    let prefix = format!("{name}=");
     let rest: Vec<&str> = query
         .split('&')
-        .filter(|kv| match kv.strip_prefix("schema=") {
-            Some(s) => {
-                schema = Some(s.to_owned());
+        .filter(|kv| match kv.strip_prefix(prefix.as_str()) {
+            Some(v) => {
+                found = Some(v.to_owned());
                 false
             }
             None => true,
         })
         .collect();
     let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
-    (url, schema)
+    (url, found)
 }
 
 impl Store for PgStore {

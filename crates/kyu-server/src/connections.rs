@@ -129,27 +129,16 @@ impl Registry {
     }
 }
 
-/// A stream of accepted connections (plain TCP, or TLS once handshaken).
-pub(crate) trait Acceptor: Send + 'static {
-    /// The connection type.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The next connection, or an error worth logging (the loop goes on).
-    fn accept(&mut self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
-}
-
-impl Acceptor for tokio::net::TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-}
-
-/// Serves `app` on connections from `acceptor` until `shutdown`, then
-/// finishes in-flight requests (long polls answer at once, as they watch
-/// the same token) and returns.
-pub(crate) async fn serve<A: Acceptor>(mut acceptor: A, app: Router, limits: ConnectionLimits, shutdown: CancellationToken) {
+/// Serves `app` on connections from `listener` (over TLS when `tls` is set)
+/// until `shutdown`, then finishes in-flight requests (long polls answer at
+/// once, as they watch the same token) and returns.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
     let registry = Arc::new(Registry { started: Instant::now(), next_id: AtomicU64::new(0), open: Mutex::new(HashMap::new()) });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tasks = TaskTracker::new();
@@ -183,11 +172,14 @@ pub(crate) async fn serve<A: Acceptor>(mut acceptor: A, app: Router, limits: Con
             }
         };
         let io = tokio::select! {
-            io = acceptor.accept() => io,
+            io = listener.accept() => io,
             _ = shutdown.cancelled() => break,
         };
         let io = match io {
-            Ok(io) => io,
+            Ok((io, _)) => {
+                let _ = io.set_nodelay(true);
+                io
+            }
             Err(e) => {
                 // Out of file descriptors or a failed handshake: log, pause
                 // briefly (an fd shortage clears as connections close), go on.
@@ -200,8 +192,18 @@ pub(crate) async fn serve<A: Acceptor>(mut acceptor: A, app: Router, limits: Con
         let app = app.clone();
         let reg = registry.clone();
         let stop = shutdown.clone();
+        let tls = tls.as_ref().map(|t| t.current());
         tasks.spawn(async move {
-            serve_one(io, app, conn.clone(), reg.clone(), limits, stop).await;
+            match tls {
+                None => serve_one(io, app, conn.clone(), reg.clone(), limits, stop).await,
+                // The handshake has the header timeout too: a client that
+                // opens a socket and says nothing holds a slot no longer.
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => serve_one(stream, app, conn.clone(), reg.clone(), limits, stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
+            }
             reg.remove(id);
             drop(permit);
         });

@@ -68,6 +68,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Invalid(v) => v.into(),
+            StoreError::Denied { code, message } => {
+                let status = if code == "forbidden" { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+                ApiError::new(status, code, message)
+            }
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "store unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store is busy or unreachable; retry")

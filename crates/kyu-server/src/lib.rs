@@ -21,6 +21,7 @@ mod meta;
 pub mod openapi;
 mod queues;
 mod schedules;
+mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use kyu_worker::MaintenanceConfig;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Role, Tokens};
+pub use tls::TlsFiles;
 pub use error::ApiError;
 
 /// Longest long-poll a client may ask for.
@@ -72,6 +74,8 @@ pub struct ServerConfig {
     /// Longest a request may take, its body included (long polls end
     /// before it: it is the long-poll cap plus 30 s unless set).
     pub request_timeout: Option<Duration>,
+    /// Serve HTTPS with these files (reloaded on SIGHUP).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             long_poll_cap: Duration::from_millis(MAX_WAIT_MS),
             connections: connections::ConnectionLimits::default(),
             request_timeout: None,
+            tls: None,
         }
     }
 }
@@ -103,6 +108,9 @@ pub enum ServeError {
     /// The address could not be bound or the server failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What handlers share.
@@ -180,6 +188,20 @@ async fn time_limit(
     }
 }
 
+/// Reloads the TLS certificate and key on each SIGHUP.
+async fn reload_on_sighup(tls: Arc<tls::Tls>, stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => match got {
+                Some(()) => tls.reload(),
+                None => return,
+            },
+        }
+    }
+}
+
 async fn no_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; see /v1/openapi.json")
 }
@@ -224,12 +246,16 @@ pub async fn serve_on<S: Store>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let tls = config.tls.clone().map(tls::Tls::load).transpose().map_err(ServeError::Tls)?;
     let background = shutdown.child_token();
     let maintenance = config.maintenance.map(|m| tokio::spawn(kyu_worker::run_maintenance(store.clone(), m, background.clone())));
-    tracing::info!(address = %listener.local_addr()?, auth = !config.tokens.is_empty(), "kyu server listening");
+    if let Some(t) = &tls {
+        tokio::spawn(reload_on_sighup(t.clone(), background.clone()));
+    }
+    tracing::info!(address = %listener.local_addr()?, auth = !config.tokens.is_empty(), https = tls.is_some(), "kyu server listening");
     let limits = config.connections;
     let app = router(store, config, shutdown.clone());
-    connections::serve(listener, app, limits, shutdown.clone()).await;
+    connections::serve(listener, tls, app, limits, shutdown.clone()).await;
     background.cancel();
     if let Some(m) = maintenance {
         let _ = m.await;

@@ -121,6 +121,21 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Writes a consistent copy of the database to `dest` (a new file) while
+    /// it is in use: `VACUUM INTO` on a reader, so writers go on meanwhile
+    /// and the copy holds every committed transaction up to its start,
+    /// unlike copying the file, which can miss what sits in the WAL.
+    pub async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Backend(format!("{} exists already: give a new file", dest.display()).into()));
+        }
+        let dest = dest.to_string_lossy().into_owned();
+        self.read(move |c| {
+            c.execute("VACUUM INTO ?1", [&dest]).map(|_| ()).map_err(|e| StoreError::Backend(format!("backup to {dest}: {e}").into()))
+        })
+        .await
+    }
+
     /// `(transactions, operations)` the writer has run: their ratio is how
     /// many operations group commit folds into each transaction (and fsync).
     pub fn writer_stats(&self) -> (u64, u64) {

@@ -22,6 +22,15 @@ pub enum StoreError {
     /// The database is busy or unreachable; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] BoxError),
+    /// A server refused the caller's credentials (HTTP 401) or role (403).
+    /// The message says what to do.
+    #[error("{message}")]
+    Denied {
+        /// `unauthorized` or `forbidden`.
+        code: &'static str,
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// Anything else from the database.
     #[error("store error: {0}")]
     Backend(#[source] BoxError),

@@ -45,7 +45,7 @@ pub async fn enqueue<S: Store>(store: &S, a: EnqueueArgs, json: bool) -> Result<
     let job = spec.validate(store.clock().now(), &Limits::default())?;
     let inserted = store.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await?.remove(0);
     if json {
-        let mut job = store.job_get(&inserted.id).await?.ok_or_else(|| CliError::Refused("job vanished".into()))?;
+        let mut job = store.job_get(&inserted.id).await?.ok_or_else(|| CliError::refused("not_found", "job vanished"))?;
         job.duplicate = inserted.duplicate;
         output::json(&job);
     } else if inserted.duplicate {
@@ -56,8 +56,16 @@ pub async fn enqueue<S: Store>(store: &S, a: EnqueueArgs, json: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kyu batch`: all the jobs of a file in one atomic insert.
-pub async fn batch<S: Store>(store: &S, file: &str, json: bool) -> Result<ExitCode, CliError> {
+/// Most jobs sent in one request by `kyu batch --url`.
+const CHUNK_JOBS: usize = 10_000;
+/// Most bytes of payload sent in one request by `kyu batch --url`, well
+/// under a server's default 16 MiB body limit.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// `kyu batch`: the jobs of a file in one atomic insert. To a server
+/// (`remote`), a large file goes in chunks under its body limit, each
+/// chunk atomic, with a progress bar on a terminal.
+pub async fn batch<S: Store>(store: &S, file: &str, json: bool, remote: bool) -> Result<ExitCode, CliError> {
     let text = if file == "-" {
         let mut t = String::new();
         std::io::stdin().read_to_string(&mut t).map_err(|e| CliError::Failed(e.into()))?;
@@ -76,7 +84,7 @@ pub async fn batch<S: Store>(store: &S, file: &str, json: bool) -> Result<ExitCo
     }
     let n = jobs.len();
     let started = std::time::Instant::now();
-    let inserted = store.job_insert_many(JobInsertManyParams { jobs }).await?;
+    let inserted = if remote { send_in_chunks(store, jobs).await? } else { store.job_insert_many(JobInsertManyParams { jobs }).await? };
     if json {
         let ids: Vec<&str> = inserted.iter().map(|i| i.id.as_str()).collect();
         output::json(&serde_json::json!({ "ids": ids }));
@@ -85,6 +93,47 @@ pub async fn batch<S: Store>(store: &S, file: &str, json: bool) -> Result<ExitCo
         println!("{} jobs enqueued in {:.0?} ({dups} duplicates)", n - dups, started.elapsed());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn send_in_chunks<S: Store>(store: &S, jobs: Vec<kyu_core::NewJob>) -> Result<Vec<kyu_store::Inserted>, CliError> {
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs ({per_sec}, {eta} left)")
+            .expect("a valid template"),
+    );
+    let total = jobs.len();
+    let mut out = Vec::with_capacity(total);
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    let mut jobs = jobs.into_iter().peekable();
+    while let Some(job) = jobs.next() {
+        bytes += job.payload.len() + 512;
+        chunk.push(job);
+        let full = chunk.len() >= CHUNK_JOBS || bytes >= CHUNK_BYTES || jobs.peek().is_none();
+        if !full {
+            continue;
+        }
+        let n = chunk.len();
+        match store.job_insert_many(JobInsertManyParams { jobs: std::mem::take(&mut chunk) }).await {
+            Ok(done) => out.extend(done),
+            Err(e) => {
+                bar.abandon();
+                let e = CliError::from(e);
+                return Err(CliError::refused(
+                    e.code(),
+                    format!(
+                        "{e} (the first {} of {total} jobs were stored, in chunks of up to {CHUNK_JOBS}; the {n} of this chunk were not; \
+                         with ids in the file, sending it again stores only the rest)",
+                        out.len()
+                    ),
+                ));
+            }
+        }
+        bar.inc(n as u64);
+        bytes = 0;
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// `{"jobs":[...]}` as the HTTP API takes it, or one job object per line.

@@ -11,7 +11,7 @@ use crate::error::CliError;
 use crate::output;
 
 async fn must_get<S: Store>(store: &S, id: &JobId) -> Result<Job, CliError> {
-    store.job_get(id).await?.ok_or_else(|| CliError::Refused(format!("job `{id}` not found")))
+    store.job_get(id).await?.ok_or_else(|| CliError::refused("not_found", format!("job `{id}` not found")))
 }
 
 pub async fn status<S: Store>(store: &S, id: &JobId, json: bool) -> Result<ExitCode, CliError> {

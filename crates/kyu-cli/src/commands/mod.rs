@@ -14,37 +14,89 @@ use std::process::ExitCode;
 use kyu_core::{JobId, QueueName};
 use kyu_store::Store;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, QueueCommand};
+use crate::config;
 
 pub use work::run_watchdog;
 use crate::error::CliError;
 
-/// Opens the store the arguments name and runs the command on it.
-pub async fn dispatch(cli: Cli, matches: clap::ArgMatches) -> Result<ExitCode, CliError> {
+/// Resolves the settings, opens the store they name, and runs the command.
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    let settings = config::resolve(&cli)?;
     if let Command::Bench(a) = &cli.command {
-        return bench::bench(cli.database.as_deref(), a, cli.json).await;
+        let db = (settings.source("database") != "default").then(|| settings.config.database.clone());
+        return bench::bench(db.as_deref(), a, cli.json).await;
     }
-    let db = cli.database.clone().unwrap_or_else(|| "./kyu.db".into());
     if let Command::Server(a) = &cli.command {
-        let sub = matches.subcommand_matches("server").cloned().unwrap_or_default();
-        return server::server(&db, &matches, &sub, a).await;
+        return server::server(&settings, a).await;
     }
-    if let Some(url) = cli.url.clone() {
-        if cli.database.is_some() {
-            return Err(CliError::Usage("give --url or --database, not both".into()));
+    if matches!(cli.command, Command::Migrate) {
+        return migrate(&settings).await;
+    }
+    if let Command::Backup { dest } = &cli.command {
+        let db = &settings.config.database;
+        if is_postgres(db) || settings.server_url()?.is_some() {
+            return Err(CliError::Usage("kyu backup copies a SQLite file; back up PostgreSQL with pg_dump".into()));
         }
-        let store = kyu_client::HttpStore::new(&url, cli.auth.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
-        return run(store, cli, true).await;
+        if !std::path::Path::new(db).exists() {
+            return Err(CliError::Usage(format!("no database at {db}")));
+        }
+        let store = kyu_sqlite::SqliteStore::open(db, kyu_sqlite::SqliteOptions::default())?;
+        store.backup(dest).await?;
+        println!("{db} copied to {}", dest.display());
+        return Ok(ExitCode::SUCCESS);
     }
+    if let Some(url) = settings.server_url()? {
+        tracing::info!(url = %url, source = %settings.source("url"), "using the kyu server");
+        let c = &settings.config;
+        let store = kyu_client::HttpStore::with_ca(&url, c.auth.clone(), c.cacert.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
+        return run(store, cli, &settings, true).await;
+    }
+    let db = settings.config.database.clone();
+    tracing::info!(database = %db, source = %settings.source("database"), "using the database");
     if is_postgres(&db) {
-        let store = kyu_postgres::PgStore::connect(&db, kyu_postgres::PgOptions::default())
-            .await
-            .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
-        return run(store, cli, false).await;
+        let store = kyu_postgres::PgStore::connect(&db, kyu_postgres::PgOptions::default()).await?;
+        return run(store, cli, &settings, false).await;
     }
-    let store = kyu_sqlite::SqliteStore::open(&db, kyu_sqlite::SqliteOptions::default())
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
-    run(store, cli, false).await
+    // Only commands that make jobs (or run a server or workers) create a
+    // database; a mistyped path elsewhere is an error, not a new empty file.
+    if !cli.command.creates_database() && !std::path::Path::new(&db).exists() {
+        return Err(CliError::Usage(format!(
+            "no database at {db} (from {}): check --database or KYU_DATABASE_URL; \
+             `kyu enqueue`, `kyu batch`, `kyu schedule set`, `kyu server`, `kyu work` and `kyu migrate` create one",
+            settings.source("database")
+        )));
+    }
+    let store = kyu_sqlite::SqliteStore::open(&db, kyu_sqlite::SqliteOptions::default())?;
+    run(store, cli, &settings, false).await
+}
+
+/// `kyu migrate`: opening a store applies its migrations (under a lock, so
+/// several nodes may start at once); this does only that, for deploy
+/// pipelines that migrate before rolling out new servers.
+async fn migrate(settings: &config::Resolved) -> Result<ExitCode, CliError> {
+    let db = &settings.config.database;
+    if is_postgres(db) {
+        kyu_postgres::PgStore::connect(db, kyu_postgres::PgOptions::default()).await?;
+    } else {
+        kyu_sqlite::SqliteStore::open(db, kyu_sqlite::SqliteOptions::default())?;
+    }
+    println!("the schema of {} is up to date", redact(db));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(db: &str) -> String {
+    match (db.find("://"), db.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &db[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &db[..scheme + 3], &db[at..]),
+                None => db.to_owned(),
+            }
+        }
+        _ => db.to_owned(),
+    }
 }
 
 /// `postgres://` and `postgresql://` URLs name PostgreSQL; anything else is a SQLite path.
@@ -52,11 +104,11 @@ pub fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
-async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, CliError> {
+async fn run<S: Store>(store: S, cli: Cli, settings: &config::Resolved, remote: bool) -> Result<ExitCode, CliError> {
     let json = cli.json;
     match cli.command {
         Command::Enqueue(a) => enqueue::enqueue(&store, a, json).await,
-        Command::Batch { file } => enqueue::batch(&store, &file, json).await,
+        Command::Batch { file } => enqueue::batch(&store, &file, json, remote).await,
         Command::Status { id } => inspect::status(&store, &job_id(&id)?, json).await,
         Command::Result { id, wait } => inspect::result(&store, &job_id(&id)?, wait, json).await,
         Command::Jobs(a) => inspect::jobs(&store, a, json).await,
@@ -65,9 +117,11 @@ async fn run<S: Store>(store: S, cli: Cli, remote: bool) -> Result<ExitCode, Cli
         Command::Cancel { id } => admin::cancel(&store, &job_id(&id)?, json).await,
         Command::Retry(a) => admin::retry(&store, a, json).await,
         Command::Delete { id } => admin::delete(&store, &job_id(&id)?).await,
-        Command::Pause { queue } => admin::pause(&store, queue_name(&queue)?, true, json).await,
-        Command::Resume { queue } => admin::pause(&store, queue_name(&queue)?, false, json).await,
-        Command::Work(a) => work::work(store, a, remote).await,
+        Command::Pause { queue, create } => admin::pause(&store, queue_name(&queue)?, true, create, json).await,
+        Command::Resume { queue, create } => admin::pause(&store, queue_name(&queue)?, false, create, json).await,
+        Command::Queue(QueueCommand::Set(a)) => admin::queue_set(&store, a, json).await,
+        Command::Work(a) => work::work(store, settings, a, remote).await,
+        Command::Migrate | Command::Backup { .. } => unreachable!("dispatched before a store is opened"),
         Command::Schedule(c) => schedule::schedule(&store, c, json).await,
         Command::Bench(_) | Command::Server(_) => unreachable!("dispatched before a store is opened"),
     }

@@ -48,7 +48,7 @@ pub async fn schedule<S: Store>(store: &S, c: ScheduleCommand, json: bool) -> Re
             }
         }
         ScheduleCommand::Show { name } => {
-            let s = store.schedule_get(&name).await?.ok_or_else(|| CliError::Refused(format!("schedule `{name}` not found")))?;
+            let s = store.schedule_get(&name).await?.ok_or_else(|| CliError::refused("not_found", format!("schedule `{name}` not found")))?;
             if json { output::json(&s) } else { show(&s) }
         }
         ScheduleCommand::Delete { name } => {

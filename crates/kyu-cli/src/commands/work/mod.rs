@@ -14,6 +14,7 @@ use kyu_worker::{CancellationToken, JobContext, Worker, WorkerConfig};
 use serde_json::Value;
 
 use crate::args::WorkArgs;
+use crate::config::{self, Resolved};
 use crate::error::CliError;
 
 pub use group::run_watchdog;
@@ -21,12 +22,22 @@ pub use group::run_watchdog;
 /// `remote`: the store is a server (`--url`), which long-polls claims and
 /// runs lease rescue itself, so this worker neither sleeps between claims
 /// nor runs maintenance.
-pub async fn work<S: Store>(store: S, a: WorkArgs, remote: bool) -> Result<ExitCode, CliError> {
-    let concurrency = a.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
-    if concurrency == 0 || a.batch == Some(0) {
-        return Err(CliError::Usage("--concurrency and --batch must be at least 1".into()));
+pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: bool) -> Result<ExitCode, CliError> {
+    if a.print_config {
+        settings.print(config::WORK_KEYS);
+        return Ok(ExitCode::SUCCESS);
     }
-    if let Some(b) = a.batch
+    let w = &settings.config.work;
+    if w.command.is_empty() {
+        return Err(CliError::Usage(
+            "give the command to run after `--` (kyu work -q QUEUE -- COMMAND ARGS...), or as work.command in the config file".into(),
+        ));
+    }
+    let concurrency = w.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    if concurrency == 0 || w.batch == Some(0) {
+        return Err(CliError::Usage("concurrency and batch must be at least 1".into()));
+    }
+    if let Some(b) = w.batch
         && b > concurrency
     {
         return Err(CliError::Usage(format!(
@@ -34,47 +45,48 @@ pub async fn work<S: Store>(store: S, a: WorkArgs, remote: bool) -> Result<ExitC
              so at most {concurrency} at a time; raise --concurrency, or use --max-jobs to take K jobs and stop"
         )));
     }
-    if a.max_jobs == Some(0) {
+    if w.max_jobs == Some(0) {
         return Err(CliError::Usage("--max-jobs must be at least 1".into()));
     }
     let mut queues = Vec::new();
-    for q in if a.queues.is_empty() { vec!["default".to_string()] } else { a.queues } {
-        queues.push(kyu_core::QueueName::new(q).map_err(CliError::Usage)?);
+    for q in &w.queues {
+        queues.push(kyu_core::QueueName::new(q.clone()).map_err(CliError::Usage)?);
     }
     let defaults = WorkerConfig::default();
+    let kill_grace = w.kill_grace.0;
     let config = WorkerConfig {
         queues,
-        name: a.name.unwrap_or(defaults.name.clone()),
+        name: w.name.clone().unwrap_or(defaults.name.clone()),
         concurrency,
-        batch: a.batch.unwrap_or(concurrency),
-        lease: a.lease,
-        poll_interval: if remote { Duration::ZERO } else { a.poll },
-        shutdown_grace: a.grace,
+        batch: w.batch.unwrap_or(concurrency),
+        lease: w.lease.0,
+        poll_interval: if remote { Duration::ZERO } else { w.poll.0 },
+        shutdown_grace: w.grace.0,
         // The command gets SIGTERM, then SIGKILL after the kill grace: its
         // handler needs that long (and a little) before being given up on.
-        abort_grace: a.kill_grace + Duration::from_secs(5),
+        abort_grace: kill_grace + Duration::from_secs(5),
         maintenance: if remote { None } else { defaults.maintenance },
-        max_jobs: a.max_jobs,
-        burst: a.burst,
-        max_result_bytes: a.max_result,
+        max_jobs: w.max_jobs,
+        burst: w.burst,
+        max_result_bytes: w.max_result,
         ..defaults
     };
     let control_dir = tempfile::Builder::new()
         .prefix("kyu-work-")
         .tempdir()
         .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot create a directory for control files: {e}")))?;
-    let watchdog = match group::Watchdog::start(a.kill_grace) {
+    let watchdog = match group::Watchdog::start(kill_grace) {
         Ok(w) => Some(Arc::new(w)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the watchdog: if this worker is killed, its commands keep running");
             None
         }
     };
-    let command: Arc<[String]> = a.command.into();
+    let command: Arc<[String]> = w.command.clone().into();
     let runner = Arc::new(command::Runner {
         command: command.clone(),
-        kill_grace: a.kill_grace,
-        max_result: a.max_result,
+        kill_grace,
+        max_result: w.max_result,
         watchdog,
         control_dir: control_dir.path().to_path_buf(),
         counter: AtomicU64::new(0),
