@@ -10,11 +10,17 @@ kyu_pg_bin() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
-if [ -z "$(kyu_pg_bin)" ]; then
-  echo "== installing PostgreSQL (Debian package postgresql)"
+# What the tests need beside PostgreSQL: openssl (the test certificates)
+# and systemd-analyze (checking the units in docs/deploy).
+kyu_missing=()
+[ -z "$(kyu_pg_bin)" ] && kyu_missing+=(postgresql)
+command -v openssl >/dev/null || kyu_missing+=(openssl)
+command -v systemd-analyze >/dev/null || kyu_missing+=(systemd)
+if [ ${#kyu_missing[@]} -gt 0 ]; then
+  echo "== installing ${kyu_missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${kyu_missing[@]}" >/dev/null
 fi
 KYU_PG_BIN="$(kyu_pg_bin)"
 if [ -z "$KYU_PG_BIN" ]; then

@@ -419,9 +419,30 @@ impl Resolved {
         Ok((u > d).then(|| url.clone()))
     }
 
-    /// Prints each named setting, its value (secrets masked) and its source.
-    pub fn print(&self, keys: &[&str]) {
+    /// Prints each named setting, its value (secrets masked) and its
+    /// source; with `json`, one object `{"KEY": {"value", "source"}}`.
+    pub fn print(&self, keys: &[&str], json: bool) {
         let value = serde_json::to_value(&self.config).unwrap_or_default();
+        if json {
+            let mut out = serde_json::Map::new();
+            for key in keys {
+                let mut v = key.split('.').fold(&value, |v, k| &v[k]).clone();
+                if *key == "auth" && !v.is_null() {
+                    v = serde_json::Value::from("***");
+                }
+                if *key == "tokens"
+                    && let serde_json::Value::Array(items) = &v
+                {
+                    v = items
+                        .iter()
+                        .map(|t| t.as_str().and_then(|t| t.split_once(':')).map_or("?".into(), |(role, _)| format!("{role}:***")))
+                        .collect();
+                }
+                out.insert((*key).to_owned(), serde_json::json!({"value": v, "source": self.source(key)}));
+            }
+            println!("{}", serde_json::Value::Object(out));
+            return;
+        }
         for key in keys {
             let v = key.split('.').fold(&value, |v, k| &v[k]);
             let shown = match (*key, v) {

@@ -51,11 +51,18 @@ impl Kyu {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kyu"));
-        // A command given --url talks to a server and takes no --database.
-        if !args.contains(&"--url") {
+        // A command given --url talks to a server and takes no --database;
+        // one given --database keeps its own.
+        if !args.contains(&"--url") && !args.contains(&"--database") {
             c.arg("--database").arg(self.db());
         }
-        c.args(args).current_dir(self.dir.path()).env_remove("KYU_DATABASE_URL").env_remove("KYU_URL").env_remove("KYU_TOKEN");
+        c.args(args).current_dir(self.dir.path());
+        // The test's own settings only: none from the environment it runs in.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("KYU_") && !name.starts_with("KYU_TEST_") && name != "KYU_LOG" && name != "KYU_FAULT_REPORT" {
+                c.env_remove(name);
+            }
+        }
         c
     }
 

@@ -5,6 +5,7 @@ mod support;
 
 mod bench;
 mod cli;
+mod deploy;
 mod server;
 mod postgres;
 mod work;

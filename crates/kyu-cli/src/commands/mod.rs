@@ -28,7 +28,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         return bench::bench(db.as_deref(), a, cli.json).await;
     }
     if let Command::Server(a) = &cli.command {
-        return server::server(&settings, a).await;
+        return server::server(&settings, a, cli.json).await;
     }
     if matches!(cli.command, Command::Migrate) {
         return migrate(&settings).await;
@@ -120,7 +120,7 @@ async fn run<S: Store>(store: S, cli: Cli, settings: &config::Resolved, remote: 
         Command::Pause { queue, create } => admin::pause(&store, queue_name(&queue)?, true, create, json).await,
         Command::Resume { queue, create } => admin::pause(&store, queue_name(&queue)?, false, create, json).await,
         Command::Queue(QueueCommand::Set(a)) => admin::queue_set(&store, a, json).await,
-        Command::Work(a) => work::work(store, settings, a, remote).await,
+        Command::Work(a) => work::work(store, settings, a, remote, json).await,
         Command::Migrate | Command::Backup { .. } => unreachable!("dispatched before a store is opened"),
         Command::Schedule(c) => schedule::schedule(&store, c, json).await,
         Command::Bench(_) | Command::Server(_) => unreachable!("dispatched before a store is opened"),

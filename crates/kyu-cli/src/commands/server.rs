@@ -14,11 +14,11 @@ use crate::commands::{is_postgres, redact};
 use crate::config::{self, Resolved};
 use crate::error::CliError;
 
-pub async fn server(settings: &Resolved, a: &ServerArgs) -> Result<ExitCode, CliError> {
+pub async fn server(settings: &Resolved, a: &ServerArgs, json: bool) -> Result<ExitCode, CliError> {
     let c = &settings.config;
     let tokens = Tokens::parse(c.tokens.iter().map(String::as_str)).map_err(CliError::Usage)?;
     if a.print_config {
-        settings.print(config::SERVER_KEYS);
+        settings.print(config::SERVER_KEYS, json);
         return Ok(ExitCode::SUCCESS);
     }
     let listen = kyu_server::resolve_listen(&c.listen).await.map_err(CliError::Usage)?;

@@ -22,9 +22,9 @@ pub use group::run_watchdog;
 /// `remote`: the store is a server (`--url`), which long-polls claims and
 /// runs lease rescue itself, so this worker neither sleeps between claims
 /// nor runs maintenance.
-pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: bool) -> Result<ExitCode, CliError> {
+pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: bool, json: bool) -> Result<ExitCode, CliError> {
     if a.print_config {
-        settings.print(config::WORK_KEYS);
+        settings.print(config::WORK_KEYS, json);
         return Ok(ExitCode::SUCCESS);
     }
     let w = &settings.config.work;
