@@ -45,7 +45,7 @@ fn walkthrough(k: &Kyu) {
     assert!(queues["queues"].as_array().unwrap().iter().any(|q| q["name"] == "api"));
     let (st, metrics) = s.call("GET", "/metrics", None);
     assert_eq!(st, 200);
-    assert!(metrics.as_str().unwrap().contains(r#"kyu_jobs{queue="api",state="queued"} 2"#), "{metrics}");
+    assert!(metrics.as_str().unwrap().contains(r#"kyu_queue_jobs{queue="api",state="queued"} 2"#), "{metrics}");
     let (st, page) = s.call("GET", "/", None);
     assert_eq!(st, 200);
     assert!(page.as_str().unwrap().contains("Queues"));

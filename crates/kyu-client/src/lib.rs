@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kyu_core::{ClaimedJob, Clock, Job, JobId, JobSpec, NewJob, QueueInfo, ValidationError};
+use kyu_core::tally::{StatsPoint, WorkerInfo};
+use kyu_core::timeline::JobEvent;
 use kyu_store::*;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -30,6 +32,8 @@ struct Inner {
     clock: Clock,
     events: broadcast::Sender<StoreEvent>,
     claim_wait_ms: u64,
+    /// Never told anything: the server counts what its store does.
+    observers: Observers,
 }
 
 impl HttpStore {
@@ -70,6 +74,7 @@ impl HttpStore {
                 clock: Clock::system(),
                 events,
                 claim_wait_ms: 2_000,
+                observers: Observers::default(),
             }),
         })
     }
@@ -89,6 +94,7 @@ impl HttpStore {
             clock: self.inner.clock.clone(),
             events: self.inner.events.clone(),
             claim_wait_ms: self.inner.claim_wait_ms,
+            observers: self.inner.observers.clone(),
         }
     }
 
@@ -467,6 +473,37 @@ impl Store for HttpStore {
         Ok(false) // the server's scheduler does this
     }
 
+    async fn job_events(&self, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
+        let e: EventList = self.call(Method::GET, &format!("/v1/jobs/{id}/events"), None).await?;
+        Ok(e.events)
+    }
+
+    async fn worker_seen(&self, p: WorkerSeenParams) -> Result<(), StoreError> {
+        let body = json!({
+            "name": p.name, "host": p.host, "pid": p.pid, "queues": p.queues, "concurrency": p.concurrency, "runs": p.runs,
+        });
+        let _: Value = self.post("/v1/workers", body).await?;
+        Ok(())
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let w: WorkerList = self.call(Method::GET, "/v1/workers", None).await?;
+        Ok(w.workers)
+    }
+
+    async fn stats(&self, p: StatsParams) -> Result<Vec<StatsPoint>, StoreError> {
+        let mut path = format!("/v1/stats?since={}", urlencoding(&p.since.to_rfc3339()));
+        if let Some(q) = &p.queue {
+            path.push_str(&format!("&queue={q}"));
+        }
+        let s: StatsSeries = self.call(Method::GET, &path, None).await?;
+        Ok(s.series)
+    }
+
+    fn observers(&self) -> &Observers {
+        &self.inner.observers
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
     }
@@ -483,4 +520,24 @@ impl Store for HttpStore {
 #[derive(serde::Deserialize)]
 struct QueueListAnswer {
     queues: Vec<QueueInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventList {
+    events: Vec<JobEvent>,
+}
+
+#[derive(serde::Deserialize)]
+struct WorkerList {
+    workers: Vec<WorkerInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct StatsSeries {
+    series: Vec<StatsPoint>,
+}
+
+/// RFC 3339 times carry `:` and `+`; `+` must be escaped in a query.
+fn urlencoding(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
 }

@@ -138,6 +138,21 @@ impl<S: Store> Store for Remote<S> {
     async fn schedule_advance(&self, p: ScheduleAdvanceParams) -> Result<bool, StoreError> {
         self.local.schedule_advance(p).await
     }
+    async fn job_events(&self, id: &JobId) -> Result<Vec<kyu_core::timeline::JobEvent>, StoreError> {
+        self.http.job_events(id).await
+    }
+    async fn worker_seen(&self, p: WorkerSeenParams) -> Result<(), StoreError> {
+        self.http.worker_seen(p).await
+    }
+    async fn worker_list(&self) -> Result<Vec<kyu_core::tally::WorkerInfo>, StoreError> {
+        self.http.worker_list().await
+    }
+    async fn stats(&self, p: StatsParams) -> Result<Vec<kyu_core::tally::StatsPoint>, StoreError> {
+        self.http.stats(p).await
+    }
+    fn observers(&self) -> &Observers {
+        self.local.observers()
+    }
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.local.subscribe()
     }

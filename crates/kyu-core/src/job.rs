@@ -262,6 +262,10 @@ pub struct QueueInfo {
     pub timeout_ms: Option<i64>,
     /// Jobs per state; every state is present.
     pub counts: BTreeMap<String, i64>,
+    /// When the job that has been ready longest became ready (its `run_at`);
+    /// null when none is queued.
+    #[serde(default)]
+    pub oldest_ready_at: Option<Millis>,
 }
 
 /// A fresh claim token: 128 random bits as hex. A token only fences reports

@@ -7,31 +7,75 @@ use crate::conn::Conn;
 use tokio_postgres::types::ToSql;
 
 use crate::error::PgResultExt;
-use crate::finish::{Finished, finish_many, settle_dependents};
-use crate::read::{job_must, queue_list, state_of, ts};
+use crate::finish::{End, Finished, finish_many, queue_name, settle_dependents};
+use crate::read::{job_id, job_must, queue_list, state_of, ts};
+use kyu_core::tally::Happening;
+use kyu_core::timeline::{Entry, EventType};
 use crate::tx::Tx;
 
-async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(i64, JobState, Option<i64>), StoreError> {
+/// What an operator action needs of a job, read under its row lock.
+struct Target {
+    seq: i64,
+    state: JobState,
+    keep_failed_ms: Option<i64>,
+    queue: String,
+    kind: String,
+    attempt: i32,
+}
+
+impl Target {
+    fn changed(&self, id: &JobId, state: JobState) -> Happening {
+        Happening::Changed { id: id.clone(), queue: queue_name(&self.queue), kind: self.kind.clone(), state, attempt: self.attempt }
+    }
+}
+
+async fn lock_job<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Target, StoreError> {
     let row = tx
         .c
-        .query_opt("SELECT seq, state, keep_failed_ms FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&id.as_str()])
+        .query_opt(
+            "SELECT seq, state, keep_failed_ms, queue, kind, attempt FROM kyu_jobs WHERE id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )
         .await
         .db()?
         .ok_or_else(|| StoreError::job_not_found(id))?;
-    Ok((row.try_get(0).db()?, state_of(row.try_get(1).db()?)?, row.try_get(2).db()?))
+    Ok(Target {
+        seq: row.try_get(0).db()?,
+        state: state_of(row.try_get(1).db()?)?,
+        keep_failed_ms: row.try_get(2).db()?,
+        queue: row.try_get(3).db()?,
+        kind: row.try_get(4).db()?,
+        attempt: row.try_get(5).db()?,
+    })
 }
 
 pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state, keep_failed_ms) = lock_job(tx, id).await?;
-    match state {
+    let t = lock_job(tx, id).await?;
+    let seq = t.seq;
+    match t.state {
         s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
         // Stored, not only signalled: the worker learns it at its next heartbeat.
         JobState::Running => {
-            tx.c.execute("UPDATE kyu_jobs SET cancel_requested = true WHERE seq = $1", &[&seq]).await.db()?;
+            tx.c.execute(
+                "UPDATE kyu_jobs SET cancel_requested = true, \
+                 events = kyu_event_push(events, $2::text, 'cancel_requested', attempt, worker, NULL) WHERE seq = $1",
+                &[&seq, &tx.now_str],
+            )
+            .await
+            .db()?;
         }
         _ => {
             tx.c.execute("UPDATE kyu_jobs SET cancel_requested = true WHERE seq = $1", &[&seq]).await.db()?;
-            finish_many(tx, vec![(seq, id.clone(), JobState::Cancelled, None, keep_failed_ms)]).await?;
+            tx.happened(t.changed(id, JobState::Cancelled));
+            let end = End {
+                seq,
+                id: id.clone(),
+                state: JobState::Cancelled,
+                error: None,
+                keep_failed_ms: t.keep_failed_ms,
+                entries: vec![Entry::with(EventType::Cancelled, "cancelled by an operator")],
+            };
+            finish_many(tx, vec![end]).await?;
             settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }]).await?;
         }
     }
@@ -40,14 +84,18 @@ pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, S
 
 /// Back to `queued` with a fresh set of attempts; `$1` is now.
 const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = $1, finished_at = NULL, expires_at = NULL, \
-     cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0";
+     cancel_requested = false, token = NULL, lease_expires_at = NULL, pending_deps = 0, \
+     events = kyu_event_push(events, to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'retried', \
+       NULL, NULL, 'sent back to the queue by an operator')";
 
 pub(crate) async fn retry<C: Conn>(tx: &Tx<'_, C>, p: JobRetryParams) -> Result<Job, StoreError> {
     let id = &p.id;
-    let (seq, state, _) = lock_job(tx, id).await?;
+    let t = lock_job(tx, id).await?;
+    let (seq, state) = (t.seq, t.state);
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
+    tx.happened(t.changed(id, JobState::Queued));
     tx.c.execute(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = $2"), &[&tx.now_ts, &seq]).await.db()?;
     if p.dependents {
         revive_dependents(tx, seq, id).await?;
@@ -109,13 +157,27 @@ async fn revive_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Res
         revived.push(found[i].0);
         pending.push(n as i32);
     }
-    tx.c.execute(
-        "UPDATE kyu_jobs j SET state = 'waiting', pending_deps = x.pending, finished_at = NULL, expires_at = NULL \
-         FROM unnest($1::int8[], $2::int4[]) AS x(seq, pending) WHERE j.seq = x.seq",
-        &[&revived, &pending],
-    )
-    .await
-    .db()?;
+    let message = format!("waiting again: `{id}` was retried");
+    let rows = tx
+        .c
+        .query(
+            "UPDATE kyu_jobs j SET state = 'waiting', pending_deps = x.pending, finished_at = NULL, expires_at = NULL, \
+               events = kyu_event_push(j.events, $3::text, 'waiting', NULL, NULL, $4::text) \
+             FROM unnest($1::int8[], $2::int4[]) AS x(seq, pending) WHERE j.seq = x.seq \
+             RETURNING j.id, j.queue, j.kind, j.attempt",
+            &[&revived, &pending, &tx.now_str, &message],
+        )
+        .await
+        .db()?;
+    for r in rows {
+        tx.happened(Happening::Changed {
+            id: job_id(r.try_get(0).db()?)?,
+            queue: queue_name(r.try_get(1).db()?),
+            kind: r.try_get(2).db()?,
+            state: JobState::Waiting,
+            attempt: r.try_get(3).db()?,
+        });
+    }
     Ok(())
 }
 
@@ -143,10 +205,19 @@ pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -
     if let Some(e) = &p.error_contains {
         filter("strpos(errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()));
     }
-    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue", wheres.join(" AND "));
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue, id, kind", wheres.join(" AND "));
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
     let rows = tx.c.query(&sql, &params).await.db()?;
     let mut queues: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
+    for r in &rows {
+        tx.happened(Happening::Changed {
+            id: job_id(r.try_get(1).db()?)?,
+            queue: queue_name(r.try_get(0).db()?),
+            kind: r.try_get(2).db()?,
+            state: JobState::Queued,
+            attempt: 0,
+        });
+    }
     let count = queues.len() as u64;
     queues.sort();
     queues.dedup();
@@ -157,7 +228,7 @@ pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -
 }
 
 pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {
-    let (seq, state, _) = lock_job(tx, id).await?;
+    let Target { seq, state, .. } = lock_job(tx, id).await?;
     if state == JobState::Running {
         return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
     }

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::finish::{apply, held, settle_dependents};
+use crate::finish::{Ending, apply, held, queue_name, settle_dependents};
+use kyu_core::tally::Happening;
 use crate::insert::{insert_many, link_dependencies};
 use crate::read::state_of;
 use crate::tx::Tx;
@@ -48,16 +49,31 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
             let ids = with_children(known, &states.iter().map(|s| s.0).collect::<Vec<_>>());
             tx.c.execute(
                 "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + $2, depends_on = $3::text::jsonb, \
-                 attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL WHERE seq = $1",
-                &[&parent.seq, &(pending.len() as i32), &serde_json::to_string(&ids).expect("ids")],
+                 attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL, \
+                 events = kyu_event_push(events, $4::text, 'waiting', attempt, worker, $5::text) WHERE seq = $1",
+                &[
+                    &parent.seq,
+                    &(pending.len() as i32),
+                    &serde_json::to_string(&ids).expect("ids"),
+                    &tx.now_str,
+                    &format!("waiting for {} children", pending.len()),
+                ],
             )
             .await
             .db()?;
+            tx.happened(Happening::Changed {
+                id: parent.id.clone(),
+                queue: queue_name(&parent.queue),
+                kind: parent.kind.clone(),
+                state: JobState::Waiting,
+                attempt: parent.attempt.attempt - 1,
+            });
             true
         }
         other => {
             if let Some(step) = other.ending() {
-                let finished = apply(tx, vec![(parent, step)]).await?;
+                let entries = kyu_core::timeline::for_step(&step, None);
+                let finished = apply(tx, vec![Ending { held: parent, step, entries, lost: None }]).await?;
                 settle_dependents(tx, finished).await?;
             }
             false

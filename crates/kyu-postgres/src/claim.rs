@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use kyu_core::claim::{ClaimPlan, QueueLimits, RateWindow, plan_claim};
+use kyu_core::tally::Happening;
 use kyu_core::transition::deadline;
 use kyu_core::{ClaimedJob, JobState, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, Report, StoreError};
@@ -85,7 +86,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
                 let quotas = kyu_core::claim::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
                 let mut last = None;
                 for (group, n) in &quotas {
-                    let got = take(tx, &queue, "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
+                    let got = take(tx, &queue, "AND group_key = $8", Some(group), *n as i64, &token, &p.worker, lease).await?;
                     if !got.is_empty() {
                         last = Some(group.clone());
                     }
@@ -114,7 +115,14 @@ pub(crate) async fn report_and_claim<C: Conn>(
             .await
             .db()?;
         }
-        for (_, mut job, deps) in batch {
+        for ((_, ready_at, _), mut job, deps) in batch {
+            tx.happened(Happening::Started {
+                id: job.id.clone(),
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                attempt: job.attempt,
+                wait_ms: (tx.now.0 - millis(ready_at).0).max(0),
+            });
             // The queue's default time limit applies to jobs without their own.
             job.timeout_ms = job.timeout_ms.or(queue_timeout);
             jobs.push((job, deps));
@@ -227,7 +235,7 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 
 /// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
-/// `$7` for `group`), `SKIP LOCKED`, under one token and lease.
+/// `$8` for `group`), `SKIP LOCKED`, under one token and lease.
 #[allow(clippy::too_many_arguments)]
 async fn take<C: Conn>(
     tx: &Tx<'_, C>,
@@ -247,15 +255,16 @@ async fn take<C: Conn>(
            SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' {filter} \
            ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
          UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
-           started_at = $5, lease_expires_at = $6 \
+           started_at = $5, lease_expires_at = $6, \
+           events = kyu_event_push(j.events, $7::text, 'claimed', j.attempt + 1, $4::text, NULL) \
          FROM picked WHERE j.seq = picked.seq \
          RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
            j.depends_on, j.priority, j.run_at, j.seq"
     );
     let lease_ts = ts(lease);
     let rows = match group {
-        Some(g) => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &g]).await,
-        None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts]).await,
+        Some(g) => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &tx.now_str, &g]).await,
+        None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &tx.now_str]).await,
     }
     .db()?;
     let mut out = Vec::with_capacity(rows.len());

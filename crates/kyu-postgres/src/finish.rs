@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use kyu_core::dependency::{Settled, settle};
-use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
+use kyu_core::tally::{AttemptOutcome, Happening, outcome};
+use kyu_core::timeline::{self, Entry, EventType};
+use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use tokio_postgres::Row;
@@ -26,10 +28,27 @@ pub(crate) struct Held {
     pub attempt: Attempt,
     pub keep_failed_ms: Option<i64>,
     pub has_dependents: bool,
+    pub kind: String,
+    pub started_at: Option<Millis>,
+}
+
+impl Held {
+    /// What ending this attempt with `outcome`, leaving the job in `state`, counts as.
+    fn ended(&self, now: Millis, outcome: AttemptOutcome, state: JobState) -> Happening {
+        Happening::Ended {
+            id: self.id.clone(),
+            queue: queue_name(&self.queue),
+            kind: self.kind.clone(),
+            attempt: self.attempt.attempt,
+            outcome,
+            state,
+            run_ms: self.started_at.map_or(0, |s| (now.0 - s.0).max(0)),
+        }
+    }
 }
 
 const HELD_COLUMNS: &str =
-    "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_failed_ms, has_dependents";
+    "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_failed_ms, has_dependents, kind, started_at";
 
 fn held_from_row(r: &Row) -> Result<Held, StoreError> {
     Ok(Held {
@@ -44,7 +63,46 @@ fn held_from_row(r: &Row) -> Result<Held, StoreError> {
         },
         keep_failed_ms: r.try_get(7).db()?,
         has_dependents: r.try_get(8).db()?,
+        kind: r.try_get(9).db()?,
+        started_at: r.try_get::<_, Option<SystemTime>>(10).db()?.map(millis),
     })
+}
+
+/// Column arrays of up to two timeline events per row: `(type, message)` twice.
+#[derive(Default)]
+struct EventColumns<'a> {
+    t1: Vec<Option<&'static str>>,
+    m1: Vec<Option<&'a str>>,
+    t2: Vec<Option<&'static str>>,
+    m2: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, entries: &'a [Entry]) {
+        let (first, second) = (entries.first(), entries.get(1));
+        self.t1.push(first.map(|e| e.kind.as_str()));
+        self.m1.push(first.and_then(|e| e.message.as_deref()));
+        self.t2.push(second.map(|e| e.kind.as_str()));
+        self.m2.push(second.and_then(|e| e.message.as_deref()));
+    }
+}
+
+/// A held job's end, with the timeline entries it writes.
+pub(crate) struct Ending {
+    pub held: Held,
+    pub step: Step,
+    pub entries: Vec<Entry>,
+    pub lost: Option<Lost>,
+}
+
+/// A job ending failed or cancelled (see [`finish_many`]).
+pub(crate) struct End {
+    pub seq: i64,
+    pub id: JobId,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub keep_failed_ms: Option<i64>,
+    pub entries: Vec<Entry>,
 }
 
 /// The running jobs of `claims` (id, token), locked until commit in `seq`
@@ -57,7 +115,7 @@ pub(crate) async fn hold_many<C: Conn>(tx: &Tx<'_, C>, claims: &[(&JobId, &str)]
     let mut found: HashMap<String, (Held, JobState, Option<String>)> = HashMap::with_capacity(rows.len());
     for r in &rows {
         let h = held_from_row(r)?;
-        found.insert(h.id.to_string(), (h, state_of(r.try_get(9).db()?)?, r.try_get(10).db()?));
+        found.insert(h.id.to_string(), (h, state_of(r.try_get(11).db()?)?, r.try_get(12).db()?));
     }
     Ok(claims
         .iter()
@@ -120,17 +178,29 @@ pub(crate) async fn report_many<C: Conn>(
             .query(
                 "UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
                    expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
-                   lease_expires_at = NULL, deadline_at = NULL, token = NULL \
+                   lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
+                   events = kyu_event_push(j.events, $6::text, 'completed', j.attempt, j.worker, NULL) \
                  FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
                  WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
-                 RETURNING j.id, j.seq, j.has_dependents",
-                &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
+                 RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at",
+                &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results, &tx.now_str],
             )
             .await
             .db()?;
         let mut done: HashMap<String, (i64, bool)> = HashMap::with_capacity(rows.len());
         for r in rows {
-            done.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?));
+            let id: String = r.try_get(0).db()?;
+            let started: Option<SystemTime> = r.try_get(6).db()?;
+            tx.happened(Happening::Ended {
+                id: job_id(id.clone())?,
+                queue: queue_name(r.try_get(3).db()?),
+                kind: r.try_get(4).db()?,
+                attempt: r.try_get(5).db()?,
+                outcome: AttemptOutcome::Completed,
+                state: JobState::Completed,
+                run_ms: started.map_or(0, |s| (tx.now.0 - millis(s).0).max(0)),
+            });
+            done.insert(id, (r.try_get(1).db()?, r.try_get(2).db()?));
         }
         let mut missed = Vec::new();
         for &i in &completions {
@@ -165,7 +235,8 @@ pub(crate) async fn report_many<C: Conn>(
                 Ok(h) => {
                     let step = plan_report(tx.now, &h.attempt, &reports[i].outcome);
                     out[i] = Some(Ok(step.state()));
-                    steps.push((h, step));
+                    let entries = timeline::for_report(&step, &reports[i].outcome);
+                    steps.push(Ending { held: h, step, entries, lost: None });
                 }
                 Err(e) => out[i] = Some(Err(e)),
             }
@@ -179,11 +250,13 @@ pub(crate) async fn report_many<C: Conn>(
 /// Writes non-completion [`Step`]s on held jobs: one statement for those
 /// going back to the queue, one for those ending. Returns the ended jobs
 /// that have dependents, which the caller settles.
-pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<(Held, Step)>) -> Result<Vec<Finished>, StoreError> {
+pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<Ending>) -> Result<Vec<Finished>, StoreError> {
     let mut requeue = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut ends: Vec<(i64, JobId, JobState, Option<String>, Option<i64>)> = Vec::new();
+    let mut requeue_entries: Vec<Vec<Entry>> = Vec::new();
+    let mut ends: Vec<End> = Vec::new();
     let mut finished = Vec::new();
-    for (h, step) in steps {
+    for Ending { held: h, step, entries, lost } in steps {
+        tx.happened(h.ended(tx.now, outcome(&step, lost), step.state()));
         match step {
             Step::Complete => unreachable!("completions carry a result and are written by `report_many`"),
             Step::Requeue { state, run_at, error, give_back_attempt } => {
@@ -192,25 +265,33 @@ pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<(Held, Step)>) -> 
                 requeue.2.push(ts(run_at));
                 requeue.3.push(i32::from(give_back_attempt));
                 requeue.4.push(error);
+                requeue_entries.push(entries);
                 tx.event(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             }
             Step::Finish { state, error } => {
                 if h.has_dependents {
                     finished.push(Finished { seq: h.seq, id: h.id.clone(), state });
                 }
-                ends.push((h.seq, h.id, state, error, h.keep_failed_ms));
+                ends.push(End { seq: h.seq, id: h.id, state, error, keep_failed_ms: h.keep_failed_ms, entries });
             }
         }
     }
     if !requeue.0.is_empty() {
+        let mut ev = EventColumns::default();
+        for e in &requeue_entries {
+            ev.push(e);
+        }
         tx.c.execute(
             "UPDATE kyu_jobs j SET state = x.state, run_at = x.run_at, attempt = j.attempt - x.give_back, \
                lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
                errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
-                 'attempt', j.attempt, 'at', $1::text, 'message', x.error)) END \
-             FROM unnest($2::int8[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) AS x(seq, state, run_at, give_back, error) \
+                 'attempt', j.attempt, 'at', $1::text, 'message', x.error)) END, \
+               events = kyu_event_push(kyu_event_push(j.events, $1::text, x.t1, j.attempt, j.worker, x.m1), \
+                 $1::text, x.t2, j.attempt, j.worker, x.m2) \
+             FROM unnest($2::int8[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[], $7::text[], $8::text[], \
+               $9::text[], $10::text[]) AS x(seq, state, run_at, give_back, error, t1, m1, t2, m2) \
              WHERE j.seq = x.seq",
-            &[&tx.now_str, &requeue.0, &requeue.1, &requeue.2, &requeue.3, &requeue.4],
+            &[&tx.now_str, &requeue.0, &requeue.1, &requeue.2, &requeue.3, &requeue.4, &ev.t1, &ev.m1, &ev.t2, &ev.m2],
         )
         .await
         .db()?;
@@ -219,33 +300,37 @@ pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<(Held, Step)>) -> 
     Ok(finished)
 }
 
-/// Ends jobs in a failed or cancelled state, each with its error (if any)
-/// and its retention: `(seq, id, state, error, keep_failed_ms)`.
-pub(crate) async fn finish_many<C: Conn>(
-    tx: &Tx<'_, C>,
-    ends: Vec<(i64, JobId, JobState, Option<String>, Option<i64>)>,
-) -> Result<(), StoreError> {
+/// Ends jobs in a failed or cancelled state, each with its error (if any),
+/// its retention and its timeline entries.
+pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Result<(), StoreError> {
     if ends.is_empty() {
         return Ok(());
     }
-    let seqs: Vec<i64> = ends.iter().map(|e| e.0).collect();
-    let states: Vec<&str> = ends.iter().map(|e| e.2.as_str()).collect();
-    let errors: Vec<Option<&str>> = ends.iter().map(|e| e.3.as_deref()).collect();
+    let seqs: Vec<i64> = ends.iter().map(|e| e.seq).collect();
+    let states: Vec<&str> = ends.iter().map(|e| e.state.as_str()).collect();
+    let errors: Vec<Option<&str>> = ends.iter().map(|e| e.error.as_deref()).collect();
     let expires: Vec<SystemTime> =
-        ends.iter().map(|e| ts(tx.settings.retention.expires_at(e.2, tx.now, None, e.4))).collect();
+        ends.iter().map(|e| ts(tx.settings.retention.expires_at(e.state, tx.now, None, e.keep_failed_ms))).collect();
+    let mut ev = EventColumns::default();
+    for e in &ends {
+        ev.push(&e.entries);
+    }
     tx.c.execute(
         "UPDATE kyu_jobs j SET state = x.state, finished_at = $1, expires_at = x.expires_at, lease_expires_at = NULL, \
            deadline_at = NULL, token = NULL, \
            errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
-             'attempt', j.attempt, 'at', $2::text, 'message', x.error)) END \
-         FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[]) AS x(seq, state, expires_at, error) \
+             'attempt', j.attempt, 'at', $2::text, 'message', x.error)) END, \
+           events = kyu_event_push(kyu_event_push(j.events, $2::text, x.t1, j.attempt, j.worker, x.m1), \
+             $2::text, x.t2, j.attempt, j.worker, x.m2) \
+         FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+           AS x(seq, state, expires_at, error, t1, m1, t2, m2) \
          WHERE j.seq = x.seq",
-        &[&tx.now_ts, &tx.now_str, &seqs, &states, &expires, &errors],
+        &[&tx.now_ts, &tx.now_str, &seqs, &states, &expires, &errors, &ev.t1, &ev.m1, &ev.t2, &ev.m2],
     )
     .await
     .db()?;
-    for (_, id, ..) in ends {
-        tx.event(StoreEvent::JobFinished(id));
+    for e in ends {
+        tx.event(StoreEvent::JobFinished(e.id));
     }
     Ok(())
 }
@@ -259,6 +344,8 @@ struct Dependent {
     pending: i32,
     continue_on_failure: bool,
     keep_failed_ms: Option<i64>,
+    kind: String,
+    attempt: i32,
     deps: Vec<i64>,
 }
 
@@ -274,7 +361,8 @@ pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec
         let rows = tx
             .c
             .query(
-                "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, j.keep_failed_ms \
+                "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, j.keep_failed_ms, \
+                   j.kind, j.attempt \
                  FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
                  WHERE d.dep_seq = ANY($1) AND j.state = 'waiting' ORDER BY j.seq FOR UPDATE OF j",
                 &[&seqs],
@@ -295,23 +383,46 @@ pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec
                     pending: r.try_get(5).db()?,
                     continue_on_failure: r.try_get(6).db()?,
                     keep_failed_ms: r.try_get(7).db()?,
+                    kind: r.try_get(8).db()?,
+                    attempt: r.try_get(9).db()?,
                     deps: vec![dep],
                 }),
             }
         }
-        let (mut seqs, mut left, mut states) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut seqs, mut left, mut states, mut ready) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut ends = Vec::new();
         for d in dependents {
             let deps: Vec<(&JobId, JobState)> = d.deps.iter().map(|dep| (&by_seq[dep].0, by_seq[dep].1)).collect();
+            let changed = |state| Happening::Changed {
+                id: d.id.clone(),
+                queue: queue_name(&d.queue),
+                kind: d.kind.clone(),
+                state,
+                attempt: d.attempt,
+            };
             match settle(tx.now, d.run_at, i64::from(d.pending), d.continue_on_failure, &deps) {
                 Settled::Fail { error, .. } => {
-                    ends.push((d.seq, d.id.clone(), JobState::Failed, Some(error), d.keep_failed_ms));
+                    tx.happened(changed(JobState::Failed));
+                    let entries = vec![Entry::with(EventType::Failed, error.clone())];
+                    ends.push(End {
+                        seq: d.seq,
+                        id: d.id.clone(),
+                        state: JobState::Failed,
+                        error: Some(error),
+                        keep_failed_ms: d.keep_failed_ms,
+                        entries,
+                    });
                     finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
                 }
                 Settled::Count { pending, state } => {
                     if wakes_workers(state) {
                         tx.event(StoreEvent::JobsAvailable(queue_name(&d.queue)));
                     }
+                    let is_ready = state != JobState::Waiting;
+                    if is_ready {
+                        tx.happened(changed(state));
+                    }
+                    ready.push(is_ready.then(|| EventType::Ready.as_str()));
                     seqs.push(d.seq);
                     left.push(pending as i32);
                     states.push(state.as_str());
@@ -320,9 +431,11 @@ pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec
         }
         if !seqs.is_empty() {
             tx.c.execute(
-                "UPDATE kyu_jobs j SET pending_deps = x.remaining, state = x.state \
-                 FROM unnest($1::int8[], $2::int4[], $3::text[]) AS x(seq, remaining, state) WHERE j.seq = x.seq",
-                &[&seqs, &left, &states],
+                "UPDATE kyu_jobs j SET pending_deps = x.remaining, state = x.state, \
+                   events = kyu_event_push(j.events, $4::text, x.ready, NULL, NULL, NULL) \
+                 FROM unnest($1::int8[], $2::int4[], $3::text[], $5::text[]) AS x(seq, remaining, state, ready) \
+                 WHERE j.seq = x.seq",
+                &[&seqs, &left, &states, &tx.now_str, &ready],
             )
             .await
             .db()?;
@@ -371,12 +484,22 @@ pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<()
     if let Some(pr) = &p.progress {
         kyu_core::validate::no_nul("progress", pr)?;
     }
+    let entry = timeline::for_save(p.progress.as_ref(), p.checkpoint.is_some());
     let n = tx
         .c
         .execute(
-            "UPDATE kyu_jobs SET checkpoint = coalesce($3::jsonb, checkpoint), progress = coalesce($4::jsonb, progress) \
+            "UPDATE kyu_jobs SET checkpoint = coalesce($3::jsonb, checkpoint), progress = coalesce($4::jsonb, progress), \
+               events = kyu_event_push(events, $5::text, $6::text, attempt, worker, $7::text) \
              WHERE id = $1 AND token = $2 AND state = 'running'",
-            &[&p.id.as_str(), &p.token, &p.checkpoint, &p.progress],
+            &[
+                &p.id.as_str(),
+                &p.token,
+                &p.checkpoint,
+                &p.progress,
+                &tx.now_str,
+                &entry.as_ref().map(|e| e.kind.as_str()),
+                &entry.as_ref().and_then(|e| e.message.as_deref()),
+            ],
         )
         .await
         .db()?;
@@ -400,11 +523,12 @@ pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, Stor
     let mut steps = Vec::new();
     for r in &rows {
         let h = held_from_row(r)?;
-        let lease = millis(r.try_get(9).db()?);
-        let deadline = r.try_get::<_, Option<SystemTime>>(10).db()?.map(millis);
+        let lease = millis(r.try_get(11).db()?);
+        let deadline = r.try_get::<_, Option<SystemTime>>(12).db()?.map(millis);
         if let Some(why) = lost(tx.now, lease, deadline) {
             let step = plan_lost(tx.now, &h.attempt, why);
-            steps.push((h, step));
+            let entries = timeline::for_step(&step, Some(why));
+            steps.push(Ending { held: h, step, entries, lost: Some(why) });
         }
     }
     let expired = steps.len() as u64;

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use kyu_core::dependency::plan_insert;
+use kyu_core::tally::Happening;
+use kyu_core::timeline::at_insert;
 use kyu_core::transition::runnable_state;
 use kyu_core::{JobId, JobState, NewJob};
 use kyu_store::{Inserted, StoreError, StoreEvent};
@@ -41,10 +43,24 @@ struct Rows {
     group: Vec<Option<String>>,
     finished_at: Vec<Option<SystemTime>>,
     expires_at: Vec<Option<SystemTime>>,
+    events: Vec<String>,
 }
 
 impl Rows {
-    fn push(&mut self, job: &NewJob, state: JobState, pending: i32, errors: String, now: kyu_core::Millis, expiry: Option<SystemTime>) {
+    fn push(
+        &mut self,
+        job: &NewJob,
+        state: JobState,
+        pending: i32,
+        error: Option<&kyu_core::ErrorEntry>,
+        now: kyu_core::Millis,
+        expiry: Option<SystemTime>,
+    ) {
+        let errors = match error {
+            Some(entry) => to_json(&[entry]),
+            None => "[]".to_owned(),
+        };
+        self.events.push(to_json(&at_insert(now, state, job.run_at, i64::from(pending), error.map(|e| e.message.as_str()))));
         self.id.push(job.id.to_string());
         self.queue.push(job.queue.to_string());
         self.kind.push(job.kind.clone());
@@ -83,23 +99,29 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
                 $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[],
                 $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[],
-                $21::timestamptz[], $22::timestamptz[], $25::int8[])
+                $21::timestamptz[], $22::timestamptz[], $25::int8[], $26::text[])
               AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key,
                    unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags,
-                   group_key, finished_at, expires_at, keep_failed_ms)
+                   group_key, finished_at, expires_at, keep_failed_ms, events)
         ), queues AS (
             INSERT INTO kyu_queues (name, created_at) SELECT DISTINCT queue, $23::timestamptz FROM input
             ON CONFLICT (name) DO NOTHING
         ), inserted AS (
             INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms,
                 unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, keep_result_ms,
-                errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms)
+                errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms, events)
             SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms,
                 unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms,
-                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms
+                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms,
+                events::jsonb
             FROM input
             ON CONFLICT (id) DO NOTHING
             RETURNING id, seq, queue, state
+        ), stats AS (
+            -- Outside a transaction this statement is the whole write, so it
+            -- counts its own enqueues (kyu_core::tally: one per inserted job).
+            INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)
+            SELECT $27::int8, queue, count(*), 0, 0, 0, '[]', '[]' FROM inserted WHERE $28::bool GROUP BY queue
         ), notified AS (
             SELECT pg_notify($24::text, 'a:' || queue) FROM (SELECT DISTINCT queue FROM inserted
                 WHERE state IN ('queued', 'scheduled')) AS q
@@ -113,7 +135,8 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
                 &r.id, &r.queue, &r.kind, &r.payload, &r.state, &r.priority, &r.run_at, &r.max_attempts, &r.backoff,
                 &r.timeout_ms, &r.unique_key, &r.unique_for_ms, &r.unique_until, &r.depends_on, &r.pending,
                 &r.continue_on_failure, &r.keep_result_ms, &r.errors, &r.tags, &r.group, &r.finished_at, &r.expires_at,
-                &tx.now_ts, &tx.settings.channel, &r.keep_failed_ms,
+                &tx.now_ts, &tx.settings.channel, &r.keep_failed_ms, &r.events,
+                &kyu_core::tally::minute_of(tx.now).0, &tx.standalone,
             ],
         )
         .await
@@ -138,7 +161,7 @@ async fn insert_plain<C: Conn>(tx: &Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<
     let mut rows = Rows::default();
     let states: Vec<JobState> = jobs.iter().map(|j| runnable_state(tx.now, j.run_at)).collect();
     for (job, state) in jobs.iter().zip(&states) {
-        rows.push(job, *state, 0, "[]".into(), tx.now, None);
+        rows.push(job, *state, 0, None, tx.now, None);
     }
     let mut fresh: HashSet<String> = insert_rows(tx, &rows).await?.into_iter().map(|(id, _)| id).collect();
     let mut out = Vec::with_capacity(jobs.len());
@@ -146,6 +169,7 @@ async fn insert_plain<C: Conn>(tx: &Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<
     for (i, (job, state)) in jobs.iter().zip(states).enumerate() {
         // `remove`, so a second copy of an id in the same batch is a duplicate.
         if fresh.remove(job.id.as_str()) {
+            tx.happened(Happening::Enqueued { id: job.id.clone(), queue: job.queue.clone(), kind: job.kind.clone(), state });
             out.push(Inserted { id: job.id.clone(), state, duplicate: false });
         } else {
             dups.push(i);
@@ -205,20 +229,17 @@ async fn insert_one<C: Conn>(tx: &Tx<'_, C>, job: NewJob) -> Result<Inserted, St
     let plan = plan_insert(tx.now, job.run_at, job.continue_on_failure, &states)?;
     let pending: Vec<i64> = plan.pending.iter().map(|&i| found[job.depends_on[i].as_str()].0).collect();
     let state = plan.state;
-    let errors = match &plan.error {
-        Some(entry) => serde_json::to_string(&[entry]).expect("serialises"),
-        None => "[]".to_owned(),
-    };
     let expiry = state
         .is_terminal()
         .then(|| ts(tx.settings.retention.expires_at(state, tx.now, job.keep_result_ms, job.keep_failed_ms)));
     let mut rows = Rows::default();
-    rows.push(&job, state, pending.len() as i32, errors, tx.now, expiry);
+    rows.push(&job, state, pending.len() as i32, plan.error.as_ref(), tx.now, expiry);
     let Some((_, seq)) = insert_rows(tx, &rows).await?.pop() else {
         let row = tx.c.query_one("SELECT state FROM kyu_jobs WHERE id = $1", &[&job.id.as_str()]).await.db()?;
         return Ok(Inserted { id: job.id, state: state_of(row.try_get(0).db()?)?, duplicate: true });
     };
     link_dependencies(tx, seq, &pending).await?;
+    tx.happened(Happening::Enqueued { id: job.id.clone(), queue: job.queue.clone(), kind: job.kind.clone(), state });
     if state.is_terminal() {
         tx.event(StoreEvent::JobFinished(job.id.clone()));
     }

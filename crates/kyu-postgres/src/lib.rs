@@ -31,6 +31,7 @@ mod insert;
 mod listen;
 mod log;
 mod migrate;
+mod observe;
 mod read;
 mod schedules;
 mod tls;
@@ -128,8 +129,10 @@ macro_rules! in_tx {
         let $tx = Tx::new(&t, $store.inner.clock.now(), &$store.inner.settings);
         let out = $body?;
         $tx.notify().await?;
+        let (now, happened) = $tx.take_tally();
         drop($tx);
         t.commit().await.db()?;
+        $store.inner.settings.observers.tell(now, &happened.happenings);
         Ok(out)
     }};
 }
@@ -194,7 +197,8 @@ impl PgStore {
         let (events, _) = broadcast::channel(4096);
         let listening = Arc::new(listen::Listening::default());
         let listener = tokio::spawn(listen::run(config, connector, channel.clone(), events.clone(), listening.clone()));
-        let settings = Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel };
+        let settings =
+            Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel, observers: Observers::default() };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
     }
 
@@ -211,6 +215,9 @@ impl PgStore {
         let t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
         let out = insert::insert_many(&t, jobs).await?;
         t.notify().await?;
+        // Observers hear of it now, before the caller's commit: metrics
+        // count what this process did, and the live views only hint.
+        t.tell();
         Ok(out)
     }
 
@@ -224,6 +231,7 @@ impl PgStore {
         let t = Tx::new(tx, self.inner.clock.now(), &self.inner.settings);
         let out = finish::report_many(&t, reports).await?;
         t.notify().await?;
+        t.tell();
         Ok(out)
     }
 
@@ -287,8 +295,10 @@ impl Store for PgStore {
             // One statement that inserts, creates queues and notifies: it is
             // atomic on its own, so no explicit transaction (one round trip).
             let client = self.inner.pool.get().await.map_err(pool_err)?;
-            let t = Tx::new(&client, self.inner.clock.now(), &self.inner.settings);
-            return insert::insert_many(&t, p.jobs).await;
+            let t = Tx::standalone(&client, self.inner.clock.now(), &self.inner.settings);
+            let out = insert::insert_many(&t, p.jobs).await?;
+            t.tell();
+            return Ok(out);
         }
         in_tx!(self, tx => insert::insert_many(&tx, p.jobs).await)
     }
@@ -367,7 +377,34 @@ impl Store for PgStore {
     }
 
     async fn job_rescue(&self) -> Result<RescueCounts, StoreError> {
-        in_tx!(self, tx => finish::rescue(&tx).await)
+        let counts: Result<RescueCounts, StoreError> = in_tx!(self, tx => finish::rescue(&tx).await);
+        // Folding rides on the rescue's tick, in its own short transaction.
+        let folded: Result<(), StoreError> = in_tx!(self, tx => observe::fold(&tx).await);
+        folded?;
+        counts
+    }
+
+    async fn job_events(&self, id: &JobId) -> Result<Vec<kyu_core::timeline::JobEvent>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        observe::job_events(&client, id).await
+    }
+
+    async fn worker_seen(&self, p: WorkerSeenParams) -> Result<(), StoreError> {
+        in_tx!(self, tx => observe::worker_seen(&tx, p).await)
+    }
+
+    async fn worker_list(&self) -> Result<Vec<kyu_core::tally::WorkerInfo>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        observe::worker_list(&client, self.inner.clock.now()).await
+    }
+
+    async fn stats(&self, p: StatsParams) -> Result<Vec<kyu_core::tally::StatsPoint>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        observe::stats(&client, &p).await
+    }
+
+    fn observers(&self) -> &Observers {
+        &self.inner.settings.observers
     }
 
     async fn job_prune(&self, p: JobPruneParams) -> Result<u64, StoreError> {

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_groups.sql")),
     (4, include_str!("migrations/0004_deadlines.sql")),
     (5, include_str!("migrations/0005_logs.sql")),
+    (6, include_str!("migrations/0006_observability.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

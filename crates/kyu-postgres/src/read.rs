@@ -178,12 +178,19 @@ pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<
             group_concurrency: r.try_get(5).db()?,
             timeout_ms: r.try_get(6).db()?,
             counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
+            oldest_ready_at: None,
         };
         queues.insert(name, info);
     }
+    // Kept by triggers (totals plus deltas not folded yet): O(queues),
+    // however many jobs are retained.
     let rows = c
         .query(
-            "SELECT queue, state, count(*) FROM kyu_jobs WHERE $1::text IS NULL OR queue = $1 GROUP BY queue, state",
+            "SELECT queue, state, sum(n)::int8 FROM ( \
+               SELECT queue, state, n FROM kyu_queue_counts WHERE $1::text IS NULL OR queue = $1 \
+               UNION ALL \
+               SELECT queue, state, n FROM kyu_queue_count_deltas WHERE $1::text IS NULL OR queue = $1) AS c \
+             GROUP BY queue, state",
             &[&only],
         )
         .await
@@ -192,6 +199,28 @@ pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<
         let (queue, state, n): (String, String, i64) = (r.try_get(0).db()?, r.try_get(1).db()?, r.try_get(2).db()?);
         if let Some(q) = queues.get_mut(&queue) {
             q.counts.insert(state, n);
+        }
+    }
+    // The oldest ready job: one index seek per queue and distinct priority
+    // of its queued jobs (a loose index scan of the claim index).
+    let rows = c
+        .query(
+            "WITH RECURSIVE p(queue, pr) AS ( \
+               SELECT name, (SELECT max(priority) FROM kyu_jobs WHERE queue = name AND state = 'queued') \
+                 FROM kyu_queues WHERE $1::text IS NULL OR name = $1 \
+               UNION ALL \
+               SELECT queue, (SELECT max(priority) FROM kyu_jobs j WHERE j.queue = p.queue AND state = 'queued' \
+                 AND priority < p.pr) FROM p WHERE pr IS NOT NULL) \
+             SELECT queue, min((SELECT min(run_at) FROM kyu_jobs j WHERE j.queue = p.queue AND state = 'queued' \
+               AND priority = p.pr)) FROM p WHERE pr IS NOT NULL GROUP BY queue",
+            &[&only],
+        )
+        .await
+        .db()?;
+    for r in rows {
+        let queue: String = r.try_get(0).db()?;
+        if let Some(q) = queues.get_mut(&queue) {
+            q.oldest_ready_at = r.try_get::<_, Option<SystemTime>>(1).db()?.map(millis);
         }
     }
     Ok(queues.into_values().collect())

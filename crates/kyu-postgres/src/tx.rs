@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use kyu_core::Millis;
-use kyu_store::{StoreError, StoreEvent};
+use kyu_core::tally::{Happening, Tally};
+use kyu_store::{Observers, StoreError, StoreEvent};
 use crate::conn::Conn;
 
 use crate::error::PgResultExt;
@@ -18,6 +19,7 @@ pub(crate) struct Settings {
     pub retention: kyu_core::transition::Retention,
     pub timeout_grace_ms: i64,
     pub channel: String,
+    pub observers: Observers,
 }
 
 pub(crate) struct Tx<'a, C: Conn> {
@@ -29,11 +31,46 @@ pub(crate) struct Tx<'a, C: Conn> {
     /// Behind a lock so independent statements of one transaction can run
     /// pipelined (several futures sharing `&Tx`).
     events: Mutex<Vec<StoreEvent>>,
+    /// What the transaction did, for statistics and observers.
+    tally: Mutex<Tally>,
+    /// A single statement in autocommit (the plain enqueue), which writes
+    /// its own statistics; [`Tx::notify`] is not called on it.
+    pub standalone: bool,
 }
 
 impl<'a, C: Conn> Tx<'a, C> {
     pub fn new(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
-        Tx { c, now, now_ts: ts(now), now_str: now.to_rfc3339(), settings, events: Mutex::new(Vec::new()) }
+        Tx {
+            c,
+            now,
+            now_ts: ts(now),
+            now_str: now.to_rfc3339(),
+            settings,
+            events: Mutex::new(Vec::new()),
+            tally: Mutex::new(Tally::default()),
+            standalone: false,
+        }
+    }
+
+    /// A [`Tx`] for one statement outside a transaction.
+    pub fn standalone(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
+        Tx { standalone: true, ..Tx::new(c, now, settings) }
+    }
+
+    /// Records a change, for statistics and observers.
+    pub fn happened(&self, h: Happening) {
+        self.tally.lock().expect("tally").add(h);
+    }
+
+    /// What the transaction did, taken out to tell observers after the commit.
+    pub fn take_tally(&self) -> (Millis, Tally) {
+        (self.now, std::mem::take(&mut *self.tally.lock().expect("tally")))
+    }
+
+    /// After the commit: tells this process's observers what changed.
+    pub fn tell(&self) {
+        let tally = std::mem::take(&mut *self.tally.lock().expect("tally"));
+        self.settings.observers.tell(self.now, &tally.happenings);
     }
 
     /// Records an event to send when the transaction commits.
@@ -45,13 +82,36 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// when (and only if) the transaction commits. Each distinct payload is
     /// sent once, and finished ids are packed many to a notification, since
     /// every NOTIFY takes a global lock at commit.
+    ///
+    /// In the same statement, the transaction's per-minute statistics are
+    /// appended to `kyu_stats_deltas`, so both cost one round trip.
     pub async fn notify(&self) -> Result<(), StoreError> {
         let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
-        if payloads.is_empty() {
+        let minutes = self.tally.lock().expect("tally").minutes(self.now);
+        if payloads.is_empty() && minutes.is_empty() {
             return Ok(());
         }
+        let mut m = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((minute, queue), row) in minutes {
+            m.0.push(minute.0);
+            m.1.push(queue);
+            m.2.push(row.enqueued);
+            m.3.push(row.completed);
+            m.4.push(row.failed);
+            m.5.push(row.retried);
+            m.6.push(serde_json::to_string(&row.wait).expect("histograms serialise"));
+            m.7.push(serde_json::to_string(&row.run).expect("histograms serialise"));
+        }
         self.c
-            .execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&self.settings.channel, &payloads])
+            .execute(
+                "WITH stats AS ( \
+                   INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
+                   SELECT minute, queue, enqueued, completed, failed, retried, wait_hist::jsonb, run_hist::jsonb \
+                   FROM unnest($3::int8[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
+                     AS t(minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)) \
+                 SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                &[&self.settings.channel, &payloads, &m.0, &m.1, &m.2, &m.3, &m.4, &m.5, &m.6, &m.7],
+            )
             .await
             .db()?;
         Ok(())

@@ -110,6 +110,7 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
         && (path == "/v1/claim"
             || path == "/v1/reports"
             || path == "/v1/heartbeats"
+            || path == "/v1/workers"
             || (path.starts_with("/v1/jobs/")
                 && ["/heartbeat", "/complete", "/fail", "/snooze", "/checkpoint", "/progress", "/children", "/log"]
                     .iter()

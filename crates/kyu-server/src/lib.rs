@@ -12,12 +12,14 @@
 #![warn(missing_docs)]
 #![recursion_limit = "512"]
 
+mod activity;
 mod auth;
 pub mod connections;
 mod dashboard;
 mod error;
 mod jobs;
 mod meta;
+pub mod metrics;
 pub mod openapi;
 mod queues;
 mod schedules;
@@ -119,11 +121,24 @@ pub(crate) struct AppState<S> {
     pub config: Arc<ServerConfig>,
     pub tokens: Arc<Tokens>,
     pub shutdown: CancellationToken,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Committed changes, for `/v1/events/stream`.
+    pub changes: tokio::sync::broadcast::Sender<kyu_core::tally::Change>,
+    /// When each HTTP worker was last recorded.
+    pub seen: Arc<activity::Seen>,
 }
 
 impl<S: Store> Clone for AppState<S> {
     fn clone(&self) -> Self {
-        AppState { store: self.store.clone(), config: self.config.clone(), tokens: self.tokens.clone(), shutdown: self.shutdown.clone() }
+        AppState {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            tokens: self.tokens.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+            changes: self.changes.clone(),
+            seen: self.seen.clone(),
+        }
     }
 }
 
@@ -134,7 +149,19 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
     let tokens = Arc::new(config.tokens.clone());
     let body_limit = config.max_body_bytes;
     let request_timeout = config.request_timeout.unwrap_or(config.long_poll_cap + Duration::from_secs(30));
-    let app = AppState { store, config: Arc::new(config), tokens: tokens.clone(), shutdown };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (changes, _) = tokio::sync::broadcast::channel(4096);
+    store.observers().add(metrics.clone());
+    store.observers().add(Arc::new(activity::Changes(changes.clone())));
+    let app = AppState {
+        store,
+        config: Arc::new(config),
+        tokens: tokens.clone(),
+        shutdown,
+        metrics: metrics.clone(),
+        changes,
+        seen: Arc::new(activity::Seen::default()),
+    };
     Router::new()
         .route("/v1/jobs", post(jobs::enqueue::<S>).get(jobs::list::<S>))
         .route("/v1/jobs/batch", post(jobs::batch::<S>))
@@ -145,6 +172,10 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel::<S>))
         .route("/v1/jobs/{id}/retry", post(jobs::retry::<S>))
         .route("/v1/jobs/{id}/log", get(jobs::log::<S>).post(jobs::log_append::<S>))
+        .route("/v1/jobs/{id}/events", get(activity::events::<S>))
+        .route("/v1/workers", get(activity::workers::<S>).post(activity::hello::<S>))
+        .route("/v1/stats", get(activity::stats::<S>))
+        .route("/v1/events/stream", get(activity::stream::<S>))
         .route("/v1/claim", post(worker::claim::<S>))
         .route("/v1/reports", post(worker::reports::<S>))
         .route("/v1/heartbeats", post(worker::heartbeats::<S>))
@@ -161,10 +192,12 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/queues/{queue}/resume", post(queues::resume::<S>))
         .route("/v1/schedules", get(schedules::list::<S>))
         .route("/v1/schedules/{name}", get(schedules::get::<S>).put(schedules::put::<S>).delete(schedules::delete::<S>))
+        .route("/v1/schedules/{name}/run", post(schedules::run::<S>))
         .route("/v1/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics::<S>))
         .route("/healthz", get(meta::healthz::<S>))
         .route("/", get(dashboard::page::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::count_requests))
         .fallback(no_route)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

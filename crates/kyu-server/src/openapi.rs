@@ -36,6 +36,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/schedules"),
     ("get", "/v1/schedules/{name}"),
     ("delete", "/v1/schedules/{name}"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("get", "/v1/workers"),
+    ("post", "/v1/workers"),
+    ("get", "/v1/stats"),
+    ("get", "/v1/events/stream"),
+    ("post", "/v1/schedules/{name}/run"),
     ("get", "/v1/openapi.json"),
     ("get", "/metrics"),
     ("get", "/healthz"),
@@ -253,11 +259,37 @@ pub fn document() -> Value {
     add("/v1/schedules", "get", op("Every schedule", none.clone(), None,
         vec![ok("200", "schedules", Some(json!({"type": "object", "required": ["schedules"],
             "properties": {"schedules": {"type": "array", "items": r("Schedule")}}})))], &["401", "403"]));
+    add("/v1/schedules/{name}/run", "post", op("Enqueue the schedule's job now, outside its ticks", sched.clone(), None,
+        vec![ok("201", "the job", Some(r("Job")))], &["400", "401", "403", "404", "422"]));
+    add("/v1/jobs/{id}/events", "get", op("The job's timeline, oldest first", id.clone(), None,
+        vec![ok("200", "events", Some(json!({"type": "object", "required": ["events"], "properties": {
+            "events": {"type": "array", "items": r("JobEvent")}}})))], &["400", "401", "403", "404"]));
+    add("/v1/workers", "get", op("Workers seen in the last few minutes", none.clone(), None,
+        vec![ok("200", "workers", Some(json!({"type": "object", "required": ["workers"], "properties": {
+            "workers": {"type": "array", "items": r("Worker")}}})))], &["401", "403"]));
+    add("/v1/workers", "post", op("A worker says who it is and that it is alive", none.clone(),
+        Some(body(json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "pattern": LABEL_PATTERN},
+            "host": {"type": ["string", "null"], "pattern": "^[^\\u0000]{0,1000}$"},
+            "pid": {"type": ["integer", "null"], "minimum": 0, "maximum": 9223372036854775807i64},
+            "queues": {"type": ["array", "null"], "items": name.clone(), "maxItems": 1000},
+            "concurrency": {"type": ["integer", "null"], "minimum": 0, "maximum": 9223372036854775807i64},
+            "runs": {"type": ["string", "null"], "pattern": "^[^\\u0000]{0,1000}$"}}}))),
+        vec![ok("204", "recorded", None)], &["400", "401", "403", "413", "415", "422"]));
+    add("/v1/stats", "get", op("Throughput and latency per minute and queue, cluster-wide (the last hour unless since says)",
+        json!([query("queue", name.clone()), query("since", r("Time"))]), None,
+        vec![ok("200", "series", Some(json!({"type": "object", "required": ["series"], "properties": {
+            "series": {"type": "array", "items": r("StatsPoint")}}})))], &["400", "401", "403"]));
+    add("/v1/events/stream", "get", json!({"summary": "Server-sent events, one per state change (event: change; event: lagged when the client fell behind)",
+        "parameters": [query("queue", name.clone())],
+        "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": {"description": "error", "content": {"application/json": {"schema": r("Error")}}},
+            "401": {"description": "error", "content": {"application/json": {"schema": r("Error")}}}}}));
     let mut doc_op = op("This document", none.clone(), None, vec![ok("200", "OpenAPI 3", Some(json!({"type": "object"})))], &[]);
     doc_op["security"] = json!([]);
     add("/v1/openapi.json", "get", doc_op);
     add("/metrics", "get", json!({"summary": "Prometheus metrics", "responses": {"200": {"description": "text format",
-        "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": {"description": "error", "content": {"application/json": {"schema": r("Error")}}}}}));
+        "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}, "401": {"description": "error", "content": {"application/json": {"schema": r("Error")}}}}}));
     add("/healthz", "get", json!({"summary": "Liveness and store reachability", "security": [], "responses": {
         "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}},
         "503": {"description": "store unreachable", "content": {"application/json": {"schema": {"type": "object"}}}}}}));
@@ -410,6 +442,22 @@ fn schemas() -> Value {
             "rate_limit": {"oneOf": [{"$ref": "#/components/schemas/RateLimit"}, {"type": "null"}]},
             "group_concurrency": {"type": ["integer", "null"]},
             "timeout_ms": {"type": ["integer", "null"]},
+            "oldest_ready_at": {"anyOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}]},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+        "JobEvent": {"type": "object", "required": ["at", "type"], "properties": {
+            "at": {"$ref": "#/components/schemas/Time"},
+            "type": {"enum": ["enqueued", "claimed", "progress", "checkpoint", "snoozed", "released", "retry_scheduled", "failed",
+                "completed", "cancel_requested", "cancelled", "lease_expired", "timeout", "waiting", "ready", "retried"]},
+            "attempt": {"type": ["integer", "null"]}, "worker": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]}}},
+        "Worker": {"type": "object", "required": ["name", "queues", "running", "started_at", "last_seen_at"], "properties": {
+            "name": {"type": "string"}, "host": {"type": ["string", "null"]}, "pid": {"type": ["integer", "null"]},
+            "queues": {"type": "array", "items": {"type": "string"}}, "concurrency": {"type": ["integer", "null"]},
+            "runs": {"type": ["string", "null"]}, "running": {"type": "array", "items": {"type": "string"}},
+            "started_at": {"$ref": "#/components/schemas/Time"}, "last_seen_at": {"$ref": "#/components/schemas/Time"}}},
+        "StatsPoint": {"type": "object", "required": ["minute", "queue", "enqueued", "completed", "failed", "retried"], "properties": {
+            "minute": {"$ref": "#/components/schemas/Time"}, "queue": {"type": "string"},
+            "enqueued": {"type": "integer"}, "completed": {"type": "integer"}, "failed": {"type": "integer"}, "retried": {"type": "integer"},
+            "wait_ms_p50": {"type": ["integer", "null"]}, "wait_ms_p95": {"type": ["integer", "null"]},
+            "run_ms_p50": {"type": ["integer", "null"]}, "run_ms_p95": {"type": ["integer", "null"]}}},
     })
 }

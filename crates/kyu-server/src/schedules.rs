@@ -36,3 +36,19 @@ pub(crate) async fn delete<S: Store>(State(app): State<AppState<S>>, Path(name):
     app.store.schedule_delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /v1/schedules/{name}/run`: enqueues the schedule's job now, outside
+/// its ticks (its next tick stays where it is) → 201 with the job.
+pub(crate) async fn run<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, axum::Json<kyu_core::Job>)> {
+    let s = app.store.schedule_get(&name).await?.ok_or_else(|| ApiError::not_found(format!("schedule `{name}`")))?;
+    let mut spec = s.job.clone();
+    // A fresh id: a template's fixed id would make every run a duplicate.
+    spec.id = None;
+    let job = crate::jobs::validate(&app, spec, None)?;
+    let id = job.id.clone();
+    app.store.job_insert_many(kyu_store::JobInsertManyParams { jobs: vec![job] }).await?;
+    Ok((StatusCode::CREATED, axum::Json(crate::jobs::must_get(&app, &id).await?)))
+}

@@ -63,6 +63,7 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
     if r.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
     }
+    app.seen.touch(&app.store, &r.worker, &queues).await;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(app.config.long_poll_cap);
     let mut events = app.store.subscribe();
     loop {

@@ -2,40 +2,73 @@
 
 use kyu_core::{Job, JobId, JobState, QueueInfo};
 use kyu_core::dependency::{Candidate, failed_because_of, plan_revival};
+use kyu_core::tally::Happening;
+use kyu_core::timeline::{Entry, EventType};
 use kyu_store::{JobRetryManyParams, JobRetryParams, QueueUpdateParams, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use crate::error::SqlResultExt;
-use crate::finish::{Finished, finish, settle_dependents};
+use crate::finish::{Finished, finish, queue_name, settle_dependents};
 use crate::insert::ensure_queue;
 use crate::read::{State, job_must, queue_list};
 use crate::writer::Tx;
 
-fn seq_and_state(tx: &Tx<'_>, id: &JobId) -> Result<(i64, JobState, Option<i64>), StoreError> {
+/// What an operator action needs of a job.
+struct Target {
+    seq: i64,
+    state: JobState,
+    keep_failed_ms: Option<i64>,
+    queue: String,
+    kind: String,
+    attempt: i32,
+}
+
+impl Target {
+    fn changed(&self, id: &JobId, state: JobState) -> Happening {
+        Happening::Changed { id: id.clone(), queue: queue_name(&self.queue), kind: self.kind.clone(), state, attempt: self.attempt }
+    }
+}
+
+fn target(tx: &Tx<'_>, id: &JobId) -> Result<Target, StoreError> {
     tx.conn
-        .prepare_cached("SELECT seq, state, keep_failed_ms FROM kyu_jobs WHERE id = ?1")
+        .prepare_cached("SELECT seq, state, keep_failed_ms, queue, kind, attempt FROM kyu_jobs WHERE id = ?1")
         .db()?
-        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get::<_, State>(1)?.0, r.get(2)?)))
+        .query_row([id.as_str()], |r| {
+            Ok(Target {
+                seq: r.get(0)?,
+                state: r.get::<_, State>(1)?.0,
+                keep_failed_ms: r.get(2)?,
+                queue: r.get(3)?,
+                kind: r.get(4)?,
+                attempt: r.get(5)?,
+            })
+        })
         .optional()
         .db()?
         .ok_or_else(|| StoreError::job_not_found(id))
 }
 
 pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
-    let (seq, state, keep_failed_ms) = seq_and_state(tx, id)?;
-    match state {
+    let t = target(tx, id)?;
+    let seq = t.seq;
+    match t.state {
         s if s.is_terminal() => return Err(StoreError::Conflict(format!("job `{id}` is already {s}"))),
         // Stored, not only signalled: the worker learns it at its next heartbeat.
         JobState::Running => {
             tx.conn
-                .prepare_cached("UPDATE kyu_jobs SET cancel_requested = 1 WHERE seq = ?1")
+                .prepare_cached(
+                    "UPDATE kyu_jobs SET cancel_requested = 1, \
+                     events = kyu_event_push(events, ?2, 'cancel_requested', attempt, worker, NULL) WHERE seq = ?1",
+                )
                 .db()?
-                .execute([seq])
+                .execute(params![seq, tx.now_str])
                 .db()?;
         }
         _ => {
             tx.conn.prepare_cached("UPDATE kyu_jobs SET cancel_requested = 1 WHERE seq = ?1").db()?.execute([seq]).db()?;
-            finish(tx, seq, id, JobState::Cancelled, None, keep_failed_ms)?;
+            tx.tally.add(t.changed(id, JobState::Cancelled));
+            let entries = [Entry::with(EventType::Cancelled, "cancelled by an operator")];
+            finish(tx, seq, id, JobState::Cancelled, None, t.keep_failed_ms, &entries)?;
             settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }])?;
         }
     }
@@ -44,14 +77,17 @@ pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
 
 /// Back to `queued` with a fresh set of attempts; `?1` is now.
 const RETRY_SET: &str = "state = 'queued', attempt = 0, run_at = ?1, finished_at = NULL, expires_at = NULL, \
-     cancel_requested = 0, token = NULL, lease_expires_at = NULL, pending_deps = 0";
+     cancel_requested = 0, token = NULL, lease_expires_at = NULL, pending_deps = 0, \
+     events = kyu_event_push(events, ?1, 'retried', NULL, NULL, 'sent back to the queue by an operator')";
 
 pub(crate) fn retry(tx: &mut Tx<'_>, p: JobRetryParams) -> Result<Job, StoreError> {
     let id = &p.id;
-    let (seq, state, _) = seq_and_state(tx, id)?;
+    let t = target(tx, id)?;
+    let (seq, state) = (t.seq, t.state);
     if !matches!(state, JobState::Failed | JobState::Cancelled) {
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
+    tx.tally.add(t.changed(id, JobState::Queued));
     tx.conn
         .prepare_cached(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = ?2"))
         .db()?
@@ -107,14 +143,19 @@ fn revive_dependents(tx: &mut Tx<'_>, seq: i64, id: &JobId) -> Result<(), StoreE
         .zip(&deps)
         .map(|((_, i, cof), d)| Candidate { id: i, continue_on_failure: *cof, deps: d.iter().map(|(i, s)| (i, *s)).collect() })
         .collect();
+    let message = format!("waiting again: `{id}` was retried");
     for (i, pending) in plan_revival(id, &candidates) {
-        tx.conn
+        let (queue, kind, attempt): (String, String, i32) = tx
+            .conn
             .prepare_cached(
-                "UPDATE kyu_jobs SET state = 'waiting', pending_deps = ?2, finished_at = NULL, expires_at = NULL WHERE seq = ?1",
+                "UPDATE kyu_jobs SET state = 'waiting', pending_deps = ?2, finished_at = NULL, expires_at = NULL, \
+                 events = kyu_event_push(events, ?3, 'waiting', NULL, NULL, ?4) WHERE seq = ?1 RETURNING queue, kind, attempt",
             )
             .db()?
-            .execute(params![found[i].0, pending])
+            .query_row(params![found[i].0, pending, tx.now_str, message], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .db()?;
+        let id = found[i].1.clone();
+        tx.tally.add(Happening::Changed { id, queue: queue_name(&queue), kind, state: JobState::Waiting, attempt });
     }
     Ok(())
 }
@@ -143,10 +184,19 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
     if let Some(e) = &p.error_contains {
         filter("instr(json_extract(errors, '$[#-1].message'), ?) > 0", e.clone().into());
     }
-    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue", wheres.join(" AND "));
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue, id, kind", wheres.join(" AND "));
     let mut stmt = tx.conn.prepare(&sql).db()?;
-    let mut queues: Vec<String> = stmt.query_map(params_from_iter(args), |r| r.get(0)).db()?.collect::<Result<_, _>>().db()?;
-    let count = queues.len() as u64;
+    let rows: Vec<(String, String, String)> =
+        stmt.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).db()?.collect::<Result<_, _>>().db()?;
+    drop(stmt);
+    let count = rows.len() as u64;
+    let mut queues = Vec::with_capacity(rows.len());
+    for (queue, id, kind) in rows {
+        if let Ok(id) = JobId::new(id) {
+            tx.tally.add(Happening::Changed { id, queue: queue_name(&queue), kind, state: JobState::Queued, attempt: 0 });
+        }
+        queues.push(queue);
+    }
     queues.sort();
     queues.dedup();
     tx.events.extend(queues.into_iter().filter_map(|q| kyu_core::QueueName::new(q).ok()).map(StoreEvent::JobsAvailable));
@@ -154,7 +204,7 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
 }
 
 pub(crate) fn delete(tx: &mut Tx<'_>, id: &JobId) -> Result<(), StoreError> {
-    let (seq, state, _) = seq_and_state(tx, id)?;
+    let Target { seq, state, .. } = target(tx, id)?;
     if state == JobState::Running {
         return Err(StoreError::Conflict(format!("job `{id}` is running; cancel it first")));
     }

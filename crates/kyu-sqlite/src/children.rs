@@ -7,7 +7,8 @@ use kyu_store::{AddedChildren, JobAddChildrenParams, StoreError};
 use rusqlite::params;
 
 use crate::error::SqlResultExt;
-use crate::finish::{apply, held};
+use crate::finish::{apply, held, queue_name};
+use kyu_core::tally::Happening;
 use crate::insert::{insert_many, link_dependencies};
 use crate::read::{Json, State};
 use crate::writer::Tx;
@@ -42,16 +43,31 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
             tx.conn
                 .prepare_cached(
                     "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + ?2, depends_on = ?3, \
-                     attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL WHERE seq = ?1",
+                     attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL, \
+                     events = kyu_event_push(events, ?4, 'waiting', attempt, worker, ?5) WHERE seq = ?1",
                 )
                 .db()?
-                .execute(params![parent.seq, pending.len() as i64, serde_json::to_string(&ids).expect("ids")])
+                .execute(params![
+                    parent.seq,
+                    pending.len() as i64,
+                    serde_json::to_string(&ids).expect("ids"),
+                    tx.now_str,
+                    format!("waiting for {} children", pending.len())
+                ])
                 .db()?;
+            tx.tally.add(Happening::Changed {
+                id: parent.id.clone(),
+                queue: queue_name(&parent.queue),
+                kind: parent.kind.clone(),
+                state: JobState::Waiting,
+                attempt: parent.attempt.attempt - 1,
+            });
             true
         }
         other => {
             if let Some(step) = other.ending() {
-                apply(tx, &parent, step)?;
+                let entries = kyu_core::timeline::for_step(&step, None);
+                apply(tx, &parent, step, &entries, None)?;
             }
             false
         }

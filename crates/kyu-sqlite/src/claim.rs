@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use kyu_core::claim::{QueueLimits, RateWindow, plan_claim};
+use kyu_core::tally::Happening;
 use kyu_core::transition::deadline;
 use kyu_core::{ClaimedJob, JobId, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, StoreError};
@@ -78,7 +79,14 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
                 .execute(params![queue.as_str(), w.start.to_rfc3339(), w.used])
                 .db()?;
         }
-        for (seq, (_, mut job, deps)) in batch.into_iter().map(|b| ((b.0).2, b)) {
+        for (seq, ((_, ready_at, _), mut job, deps)) in batch.into_iter().map(|b| ((b.0).2, b)) {
+            tx.tally.add(Happening::Started {
+                id: job.id.clone(),
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                attempt: job.attempt,
+                wait_ms: (tx.now.0 - ready_at.0).max(0),
+            });
             if let Some(deps) = deps {
                 job.dependency_results = dependency_results(tx, &deps)?;
             }
@@ -125,7 +133,7 @@ fn take(
     // nothing after its first use.
     let sql = format!(
         "UPDATE kyu_jobs SET state = 'running', attempt = attempt + 1, token = ?2, worker = ?3, \
-           started_at = ?4, lease_expires_at = ?5 \
+           started_at = ?4, lease_expires_at = ?5, events = kyu_event_push(events, ?4, 'claimed', attempt + 1, ?3, NULL) \
          WHERE seq IN (SELECT seq FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' {filter} \
                        ORDER BY priority DESC, run_at, seq LIMIT {n}) \
          RETURNING seq, id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, \

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 
 use kyu_core::dependency::{Settled, settle};
-use kyu_core::transition::{Attempt, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
+use kyu_core::tally::{AttemptOutcome, Happening, outcome};
+use kyu_core::timeline::{self, Entry, EventType};
+use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use rusqlite::{OptionalExtension, params};
@@ -24,10 +26,12 @@ pub(crate) struct Held {
     pub keep_result_ms: Option<i64>,
     pub keep_failed_ms: Option<i64>,
     pub has_dependents: bool,
+    pub kind: String,
+    pub started_at: Option<Millis>,
 }
 
 const HELD_COLUMNS: &str = "seq, id, queue, attempt, max_attempts, backoff, cancel_requested, keep_result_ms, \
-     keep_failed_ms, has_dependents";
+     keep_failed_ms, has_dependents, kind, started_at";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -43,7 +47,36 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         keep_result_ms: r.get(7)?,
         keep_failed_ms: r.get(8)?,
         has_dependents: r.get(9)?,
+        kind: r.get(10)?,
+        started_at: r.get::<_, Option<Ts>>(11)?.map(|t| t.0),
     })
+}
+
+impl Held {
+    /// What ending this attempt with `outcome`, leaving the job in `state`, counts as.
+    pub fn ended(&self, now: Millis, outcome: AttemptOutcome, state: JobState) -> Happening {
+        Happening::Ended {
+            id: self.id.clone(),
+            queue: queue_name(&self.queue),
+            kind: self.kind.clone(),
+            attempt: self.attempt.attempt,
+            outcome,
+            state,
+            run_ms: self.started_at.map_or(0, |s| (now.0 - s.0).max(0)),
+        }
+    }
+}
+
+/// The parameters of up to two timeline events: `(type, message)` twice.
+pub(crate) fn two(entries: &[Entry]) -> (Option<&'static str>, Option<&str>, Option<&'static str>, Option<&str>) {
+    let first = entries.first();
+    let second = entries.get(1);
+    (
+        first.map(|e| e.kind.as_str()),
+        first.and_then(|e| e.message.as_deref()),
+        second.map(|e| e.kind.as_str()),
+        second.and_then(|e| e.message.as_deref()),
+    )
 }
 
 /// The running job `id` if `token` holds it, or the refusal that says why not.
@@ -53,7 +86,7 @@ pub(crate) fn held(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Held, StoreEr
         .conn
         .prepare_cached(&sql)
         .db()?
-        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(10)?.0, r.get::<_, Option<String>>(11)?)))
+        .query_row([id.as_str()], |r| Ok((held_from_row(r)?, r.get::<_, State>(12)?.0, r.get::<_, Option<String>>(13)?)))
         .optional()
         .db()?;
     let (held, state, current) = row.ok_or_else(|| StoreError::job_not_found(id))?;
@@ -108,18 +141,21 @@ fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<Finished>) -> Result<J
         tx.conn
             .prepare_cached(
                 "UPDATE kyu_jobs SET state = 'completed', result = ?2, finished_at = ?3, expires_at = ?4, \
-                 lease_expires_at = NULL, deadline_at = NULL, token = NULL WHERE seq = ?1",
+                 lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
+                 events = kyu_event_push(events, ?3, 'completed', attempt, worker, NULL) WHERE seq = ?1",
             )
             .db()?
             .execute(params![h.seq, result, tx.now_str, expires.to_rfc3339()])
             .db()?;
         tx.events.push(StoreEvent::JobFinished(h.id.clone()));
+        tx.tally.add(h.ended(tx.now, AttemptOutcome::Completed, JobState::Completed));
         if h.has_dependents {
             completed.push(Finished { seq: h.seq, id: h.id, state: JobState::Completed });
         }
         return Ok(JobState::Completed);
     }
-    apply(tx, &h, step)
+    let entries = timeline::for_report(&step, &r.outcome);
+    apply(tx, &h, step, &entries, None)
 }
 
 /// A job that reached a terminal state, for its dependents to learn of.
@@ -129,9 +165,12 @@ pub(crate) struct Finished {
     pub state: JobState,
 }
 
-/// Writes a non-completion [`Step`] on a held job: back to the queue, or
+/// Writes a non-completion [`Step`] on a held job (with its timeline
+/// `entries`; `lost` if its worker did not report): back to the queue, or
 /// terminal (and then its dependents learn of it).
-pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step) -> Result<JobState, StoreError> {
+pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step, entries: &[Entry], lost: Option<Lost>) -> Result<JobState, StoreError> {
+    tx.tally.add(h.ended(tx.now, outcome(&step, lost), step.state()));
+    let (t1, m1, t2, m2) = two(entries);
     match step {
         Step::Complete => unreachable!("completions carry a result and are written by `report`"),
         Step::Requeue { state, run_at, error, give_back_attempt } => {
@@ -140,17 +179,18 @@ pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step) -> Result<JobState, S
                     "UPDATE kyu_jobs SET state = ?2, run_at = ?3, attempt = attempt - ?6, lease_expires_at = NULL, \
                      deadline_at = NULL, token = NULL, \
                      errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
-                       json_object('attempt', attempt, 'at', ?4, 'message', ?5)) END \
+                       json_object('attempt', attempt, 'at', ?4, 'message', ?5)) END, \
+                     events = kyu_event_push(kyu_event_push(events, ?4, ?7, attempt, worker, ?8), ?4, ?9, attempt, worker, ?10) \
                      WHERE seq = ?1",
                 )
                 .db()?
-                .execute(params![h.seq, state.as_str(), run_at.to_rfc3339(), tx.now_str, error, i32::from(give_back_attempt)])
+                .execute(params![h.seq, state.as_str(), run_at.to_rfc3339(), tx.now_str, error, i32::from(give_back_attempt), t1, m1, t2, m2])
                 .db()?;
             tx.events.push(StoreEvent::JobsAvailable(queue_name(&h.queue)));
             Ok(state)
         }
         Step::Finish { state, error } => {
-            finish(tx, h.seq, &h.id, state, error.as_deref(), h.keep_failed_ms)?;
+            finish(tx, h.seq, &h.id, state, error.as_deref(), h.keep_failed_ms, entries)?;
             if h.has_dependents {
                 settle_dependents(tx, vec![Finished { seq: h.seq, id: h.id.clone(), state }])?;
             }
@@ -159,7 +199,8 @@ pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step) -> Result<JobState, S
     }
 }
 
-/// Ends job `seq` in a failed or cancelled `state`, recording `error`.
+/// Ends job `seq` in a failed or cancelled `state`, recording `error` and
+/// the timeline `entries`.
 pub(crate) fn finish(
     tx: &mut Tx<'_>,
     seq: i64,
@@ -167,17 +208,20 @@ pub(crate) fn finish(
     state: JobState,
     error: Option<&str>,
     keep_failed_ms: Option<i64>,
+    entries: &[Entry],
 ) -> Result<(), StoreError> {
     let expires = tx.opts.retention.expires_at(state, tx.now, None, keep_failed_ms);
+    let (t1, m1, t2, m2) = two(entries);
     tx.conn
         .prepare_cached(
             "UPDATE kyu_jobs SET state = ?2, finished_at = ?3, expires_at = ?4, lease_expires_at = NULL, \
              deadline_at = NULL, token = NULL, errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
-               json_object('attempt', attempt, 'at', ?3, 'message', ?5)) END \
+               json_object('attempt', attempt, 'at', ?3, 'message', ?5)) END, \
+             events = kyu_event_push(kyu_event_push(events, ?3, ?6, attempt, worker, ?7), ?3, ?8, attempt, worker, ?9) \
              WHERE seq = ?1",
         )
         .db()?
-        .execute(params![seq, state.as_str(), tx.now_str, expires.to_rfc3339(), error])
+        .execute(params![seq, state.as_str(), tx.now_str, expires.to_rfc3339(), error, t1, m1, t2, m2])
         .db()?;
     tx.events.push(StoreEvent::JobFinished(id.clone()));
     Ok(())
@@ -197,6 +241,8 @@ struct Dependent {
     pending: i64,
     continue_on_failure: bool,
     keep_failed_ms: Option<i64>,
+    kind: String,
+    attempt: i32,
     /// The finished dependencies it learns of now.
     deps: Vec<i64>,
 }
@@ -215,7 +261,7 @@ pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) ->
                 .conn
                 .prepare_cached(
                     "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, \
-                       j.keep_failed_ms \
+                       j.keep_failed_ms, j.kind, j.attempt \
                      FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
                      WHERE d.dep_seq IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' ORDER BY j.seq",
                 )
@@ -234,6 +280,8 @@ pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) ->
                         pending: r.get(5).db()?,
                         continue_on_failure: r.get(6).db()?,
                         keep_failed_ms: r.get(7).db()?,
+                        kind: r.get(8).db()?,
+                        attempt: r.get(9).db()?,
                         deps: vec![dep],
                     }),
                 }
@@ -241,16 +289,32 @@ pub(crate) fn settle_dependents(tx: &mut Tx<'_>, mut finished: Vec<Finished>) ->
         }
         for d in dependents {
             let deps: Vec<(&JobId, JobState)> = d.deps.iter().map(|dep| (&by_seq[dep].0, by_seq[dep].1)).collect();
+            let changed = |state| Happening::Changed {
+                id: d.id.clone(),
+                queue: queue_name(&d.queue),
+                kind: d.kind.clone(),
+                state,
+                attempt: d.attempt,
+            };
             match settle(tx.now, d.run_at, d.pending, d.continue_on_failure, &deps) {
                 Settled::Fail { error, .. } => {
-                    finish(tx, d.seq, &d.id, JobState::Failed, Some(&error), d.keep_failed_ms)?;
+                    tx.tally.add(changed(JobState::Failed));
+                    let entries = [Entry::with(EventType::Failed, error.clone())];
+                    finish(tx, d.seq, &d.id, JobState::Failed, Some(&error), d.keep_failed_ms, &entries)?;
                     finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
                 }
                 Settled::Count { pending, state } => {
+                    let ready = (state != JobState::Waiting).then(|| EventType::Ready.as_str());
+                    if ready.is_some() {
+                        tx.tally.add(changed(state));
+                    }
                     tx.conn
-                        .prepare_cached("UPDATE kyu_jobs SET pending_deps = ?2, state = ?3 WHERE seq = ?1")
+                        .prepare_cached(
+                            "UPDATE kyu_jobs SET pending_deps = ?2, state = ?3, \
+                             events = kyu_event_push(events, ?4, ?5, NULL, NULL, NULL) WHERE seq = ?1",
+                        )
                         .db()?
-                        .execute(params![d.seq, pending, state.as_str()])
+                        .execute(params![d.seq, pending, state.as_str(), tx.now_str, ready])
                         .db()?;
                     if wakes_workers(state) {
                         tx.events.push(StoreEvent::JobsAvailable(queue_name(&d.queue)));
@@ -293,15 +357,25 @@ pub(crate) fn save(tx: &mut Tx<'_>, p: JobSaveParams) -> Result<(), StoreError> 
     if let Some(pr) = &p.progress {
         kyu_core::validate::no_nul("progress", pr)?;
     }
+    let entry = timeline::for_save(p.progress.as_ref(), p.checkpoint.is_some());
     let json = |v: Option<serde_json::Value>| v.map(|v| v.to_string());
     let n = tx
         .conn
         .prepare_cached(
-            "UPDATE kyu_jobs SET checkpoint = coalesce(?3, checkpoint), progress = coalesce(?4, progress) \
+            "UPDATE kyu_jobs SET checkpoint = coalesce(?3, checkpoint), progress = coalesce(?4, progress), \
+               events = kyu_event_push(events, ?5, ?6, attempt, worker, ?7) \
              WHERE id = ?1 AND token = ?2 AND state = 'running'",
         )
         .db()?
-        .execute(params![p.id.as_str(), p.token, json(p.checkpoint), json(p.progress)])
+        .execute(params![
+            p.id.as_str(),
+            p.token,
+            json(p.checkpoint),
+            json(p.progress),
+            tx.now_str,
+            entry.as_ref().map(|e| e.kind.as_str()),
+            entry.as_ref().and_then(|e| e.message.as_deref())
+        ])
         .db()?;
     if n == 0 {
         held(tx, &p.id, &p.token)?;
@@ -322,7 +396,7 @@ pub(crate) fn rescue(tx: &mut Tx<'_>) -> Result<RescueCounts, StoreError> {
         .conn
         .prepare_cached(&sql)
         .db()?
-        .query_map([&tx.now_str], |r| Ok((held_from_row(r)?, r.get::<_, Ts>(10)?.0, r.get::<_, Option<Ts>>(11)?.map(|t| t.0))))
+        .query_map([&tx.now_str], |r| Ok((held_from_row(r)?, r.get::<_, Ts>(12)?.0, r.get::<_, Option<Ts>>(13)?.map(|t| t.0))))
         .db()?
         .collect::<Result<_, _>>()
         .db()?;
@@ -330,7 +404,8 @@ pub(crate) fn rescue(tx: &mut Tx<'_>) -> Result<RescueCounts, StoreError> {
     for (h, lease, deadline) in &candidates {
         let Some(why) = lost(tx.now, *lease, *deadline) else { continue };
         let step = plan_lost(tx.now, &h.attempt, why);
-        apply(tx, h, step)?;
+        let entries = timeline::for_step(&step, Some(why));
+        apply(tx, h, step, &entries, Some(why))?;
         expired += 1;
     }
     let promoted = promote_due(tx)?;

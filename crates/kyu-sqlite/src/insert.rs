@@ -1,6 +1,8 @@
 //! Enqueue: one transaction for a whole batch.
 
 use kyu_core::dependency::plan_insert;
+use kyu_core::tally::Happening;
+use kyu_core::timeline::at_insert;
 use kyu_core::transition::wakes_workers;
 use kyu_core::{Backoff, JobId, JobState, NewJob};
 use kyu_store::{Inserted, StoreError, StoreEvent};
@@ -89,14 +91,16 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
     let unique_until = job.unique_for_ms.map(|ms| tx.now.plus_ms(ms).to_rfc3339());
     let depends_on = (!job.depends_on.is_empty()).then(|| serde_json::to_string(&job.depends_on).expect("ids serialise"));
     let tags = (!job.tags.is_empty()).then(|| serde_json::to_string(&job.tags).expect("tags serialise"));
+    let events = at_insert(tx.now, state, job.run_at, pending.len() as i64, plan.error.as_ref().map(|e| e.message.as_str()));
+    let events = serde_json::to_string(&events).expect("events serialise");
     let seq: Option<i64> = tx
         .conn
         .prepare_cached(
             "INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, \
                timeout_ms, unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, \
-               keep_result_ms, errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms) \
+               keep_result_ms, errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms, events) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-               ?22, ?23, ?24) \
+               ?22, ?23, ?24, ?25) \
              ON CONFLICT (id) DO NOTHING RETURNING seq",
         )
         .db()?
@@ -126,6 +130,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
                 finished,
                 expires,
                 job.keep_failed_ms,
+                events,
             ],
             |r| r.get(0),
         )
@@ -138,6 +143,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
         return Ok(Inserted { id, state, duplicate: true });
     };
     link_dependencies(tx, seq, &pending)?;
+    tx.tally.add(Happening::Enqueued { id: job.id.clone(), queue: job.queue.clone(), kind: job.kind.clone(), state });
     if wakes_workers(state) {
         tx.events.push(StoreEvent::JobsAvailable(job.queue));
     } else if state.is_terminal() {

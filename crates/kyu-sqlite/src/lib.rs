@@ -25,6 +25,7 @@ mod finish;
 mod insert;
 mod log;
 mod migrate;
+mod observe;
 mod read;
 mod schedules;
 mod writer;
@@ -95,6 +96,7 @@ struct Inner {
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     events: broadcast::Sender<StoreEvent>,
+    observers: Observers,
 }
 
 impl SqliteStore {
@@ -112,8 +114,9 @@ impl SqliteStore {
             ));
         }
         let (events, _) = broadcast::channel(4096);
-        let writer = Writer::start(conn, opts.clone(), events.clone());
-        Ok(SqliteStore { inner: Arc::new(Inner { path, opts, writer, readers: Mutex::new(Vec::new()), events }) })
+        let observers = Observers::default();
+        let writer = Writer::start(conn, opts.clone(), events.clone(), observers.clone());
+        Ok(SqliteStore { inner: Arc::new(Inner { path, opts, writer, readers: Mutex::new(Vec::new()), events, observers }) })
     }
 
     /// The file this store is on.
@@ -177,6 +180,7 @@ fn connect(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Connect
         StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()).into())
     })?;
     conn.busy_timeout(opts.busy_timeout).db()?;
+    observe::register(&conn).db()?;
     conn.set_prepared_statement_cache_capacity(64);
     if !read_only {
         let sync = match opts.synchronous {
@@ -285,7 +289,35 @@ impl Store for SqliteStore {
     }
 
     async fn job_prune(&self, p: JobPruneParams) -> Result<u64, StoreError> {
-        self.inner.writer.write(move |tx| admin::prune(tx, p.batch)).await
+        self.inner
+            .writer
+            .write(move |tx| {
+                observe::prune(tx)?;
+                admin::prune(tx, p.batch)
+            })
+            .await
+    }
+
+    async fn job_events(&self, id: &JobId) -> Result<Vec<kyu_core::timeline::JobEvent>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| observe::job_events(c, &id)).await
+    }
+
+    async fn worker_seen(&self, p: WorkerSeenParams) -> Result<(), StoreError> {
+        self.inner.writer.write(move |tx| observe::worker_seen(tx, p)).await
+    }
+
+    async fn worker_list(&self) -> Result<Vec<kyu_core::tally::WorkerInfo>, StoreError> {
+        let now = self.inner.opts.clock.now();
+        self.read(move |c| observe::worker_list(c, now)).await
+    }
+
+    async fn stats(&self, p: StatsParams) -> Result<Vec<kyu_core::tally::StatsPoint>, StoreError> {
+        self.read(move |c| observe::stats(c, &p)).await
+    }
+
+    fn observers(&self) -> &Observers {
+        &self.inner.observers
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueInfo>, StoreError> {

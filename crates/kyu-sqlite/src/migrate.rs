@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_groups.sql")),
     (4, include_str!("migrations/0004_deadlines.sql")),
     (5, include_str!("migrations/0005_logs.sql")),
+    (6, include_str!("migrations/0006_observability.sql")),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {

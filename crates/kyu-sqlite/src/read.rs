@@ -184,6 +184,7 @@ pub(crate) fn queue_list(conn: &Connection, only: Option<&str>) -> Result<Vec<Qu
                 group_concurrency: r.get(5)?,
                 timeout_ms: r.get(6)?,
                 counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
+                oldest_ready_at: None,
             })
         })
         .db()?;
@@ -191,13 +192,33 @@ pub(crate) fn queue_list(conn: &Connection, only: Option<&str>) -> Result<Vec<Qu
         let q = q.db()?;
         queues.insert(q.name.as_str().to_owned(), q);
     }
-    let sql = "SELECT queue, state, count(*) FROM kyu_jobs WHERE ?1 IS NULL OR queue = ?1 GROUP BY queue, state";
+    // Kept by triggers: O(queues), however many jobs are retained.
+    let sql = "SELECT queue, state, n FROM kyu_queue_counts WHERE ?1 IS NULL OR queue = ?1";
     let mut stmt = conn.prepare_cached(sql).db()?;
     let mut rows = stmt.query([only]).db()?;
     while let Some(r) = rows.next().db()? {
         let (queue, state, n): (String, String, i64) = (r.get(0).db()?, r.get(1).db()?, r.get(2).db()?);
         if let Some(q) = queues.get_mut(&queue) {
             q.counts.insert(state, n);
+        }
+    }
+    // The oldest ready job: one index seek per queue and distinct priority
+    // of its queued jobs (a loose index scan of the claim index).
+    let sql = "WITH RECURSIVE p(queue, pr) AS ( \
+                 SELECT name, (SELECT max(priority) FROM kyu_jobs WHERE queue = name AND state = 'queued') \
+                   FROM kyu_queues WHERE ?1 IS NULL OR name = ?1 \
+                 UNION ALL \
+                 SELECT queue, (SELECT max(priority) FROM kyu_jobs WHERE queue = p.queue AND state = 'queued' AND priority < p.pr) \
+                   FROM p WHERE pr IS NOT NULL) \
+               SELECT queue, min((SELECT min(run_at) FROM kyu_jobs WHERE queue = p.queue AND state = 'queued' AND priority = p.pr)) \
+               FROM p WHERE pr IS NOT NULL GROUP BY queue";
+    let mut stmt = conn.prepare_cached(sql).db()?;
+    let mut rows = stmt.query([only]).db()?;
+    while let Some(r) = rows.next().db()? {
+        let queue: String = r.get(0).db()?;
+        let oldest: Option<Ts> = r.get(1).db()?;
+        if let Some(q) = queues.get_mut(&queue) {
+            q.oldest_ready_at = oldest.map(|t| t.0);
         }
     }
     Ok(queues.into_values().collect())

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use kyu_core::Millis;
-use kyu_store::{StoreError, StoreEvent};
+use kyu_core::tally::Tally;
+use kyu_store::{Observers, StoreError, StoreEvent};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -31,6 +32,8 @@ pub(crate) struct Tx<'a> {
     pub now: Millis,
     pub now_str: String,
     pub events: Vec<StoreEvent>,
+    /// What this operation did, for statistics and observers.
+    pub tally: Tally,
     pub opts: &'a SqliteOptions,
 }
 
@@ -87,13 +90,13 @@ pub(crate) struct Stats {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, opts: SqliteOptions, events: broadcast::Sender<StoreEvent>) -> Writer {
+    pub fn start(conn: Connection, opts: SqliteOptions, events: broadcast::Sender<StoreEvent>, observers: Observers) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let counters = stats.clone();
         thread::Builder::new()
             .name("kyu-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, opts, rx, events, &counters))
+            .spawn(move || writer_loop(conn, opts, rx, events, observers, &counters))
             .expect("spawn the SQLite writer thread");
         Writer { tx, stats }
     }
@@ -122,6 +125,7 @@ fn writer_loop(
     opts: SqliteOptions,
     mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
     events: broadcast::Sender<StoreEvent>,
+    observers: Observers,
     stats: &Stats,
 ) {
     let mut group: Vec<Box<dyn WriteOp>> = Vec::with_capacity(64);
@@ -136,12 +140,15 @@ fn writer_loop(
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.operations.fetch_add(group.len() as u64, Ordering::Relaxed);
         let mut published = Vec::new();
-        let commit = run_group(&conn, &opts, &mut group, &mut published);
-        for op in group.drain(..) {
-            op.finish(commit.clone());
-        }
-        if commit.is_ok() {
+        let mut tally = Tally::default();
+        let commit = run_group(&conn, &opts, &mut group, &mut published, &mut tally);
+        // Observers first: a caller told "done" finds its change counted.
+        if let Ok(now) = commit {
             publish(&events, published);
+            observers.tell(now, &tally.happenings);
+        }
+        for op in group.drain(..) {
+            op.finish(commit.clone().map(|_| ()));
         }
     }
 }
@@ -152,19 +159,22 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Runs a group in one transaction. `Err` carries the reason every operation
-/// in the group is lost (the transaction could not start or commit).
+/// Runs a group in one transaction and answers its time. `Err` carries the
+/// reason every operation in the group is lost (the transaction could not
+/// start or commit). The group's statistics are written just before the
+/// commit, one row per queue and minute for the whole group.
 fn run_group(
     conn: &Connection,
     opts: &SqliteOptions,
     group: &mut [Box<dyn WriteOp>],
     published: &mut Vec<StoreEvent>,
-) -> Result<(), String> {
+    tally: &mut Tally,
+) -> Result<Millis, String> {
     control(conn, "BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
     let now = opts.clock.now();
     let single = group.len() == 1;
     for op in group.iter_mut() {
-        let mut tx = Tx { conn, now, now_str: now.to_rfc3339(), events: Vec::new(), opts };
+        let mut tx = Tx { conn, now, now_str: now.to_rfc3339(), events: Vec::new(), tally: Tally::default(), opts };
         // A lone operation needs no savepoint: on failure the whole
         // transaction is rolled back below, which is the same thing.
         if !single && let Err(e) = control(conn, "SAVEPOINT op") {
@@ -175,7 +185,7 @@ fn run_group(
         if single {
             if !ok {
                 let _ = conn.execute_batch("ROLLBACK");
-                return Ok(());
+                return Ok(now);
             }
         } else {
             let done = if ok { control(conn, "RELEASE op") } else { control(conn, "ROLLBACK TO op").and_then(|_| control(conn, "RELEASE op")) };
@@ -186,14 +196,22 @@ fn run_group(
         }
         if ok {
             published.append(&mut tx.events);
+            tally.append(&mut tx.tally);
         }
+    }
+    if let Err(e) = crate::observe::write_minutes(conn, now, tally) {
+        let _ = conn.execute_batch("ROLLBACK");
+        published.clear();
+        tally.happenings.clear();
+        return Err(e.to_string());
     }
     if let Err(e) = control(conn, "COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
         published.clear();
+        tally.happenings.clear();
         return Err(map_err(e).to_string());
     }
-    Ok(())
+    Ok(now)
 }
 
 /// Sends each distinct event once: a batch of 1000 jobs on one queue wakes

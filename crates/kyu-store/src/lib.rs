@@ -19,6 +19,8 @@ use std::future::Future;
 pub use error::{BoxError, StoreError};
 pub use params::*;
 
+use kyu_core::tally::{StatsPoint, WorkerInfo};
+use kyu_core::timeline::JobEvent;
 use kyu_core::{Clock, Job, JobId, QueueInfo};
 use tokio::sync::broadcast;
 
@@ -106,6 +108,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// how many.
     fn job_log(&self, p: JobLogParams) -> impl Future<Output = Result<Vec<LogLine>, StoreError>> + Send;
 
+    /// A job's timeline, oldest first ([`kyu_core::timeline`]).
+    fn job_events(&self, id: &JobId) -> impl Future<Output = Result<Vec<JobEvent>, StoreError>> + Send;
+
     /// Bulk redrive of the dead-letter set by filter; returns how many.
     fn job_retry_many(&self, p: JobRetryManyParams) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -141,6 +146,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Compare-and-set of `next_run_at`: of several nodes that fired the same
     /// tick, exactly one moves the schedule on. True if this call did.
     fn schedule_advance(&self, p: ScheduleAdvanceParams) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records that a worker is alive, creating or refreshing its entry.
+    fn worker_seen(&self, p: WorkerSeenParams) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Workers seen in the last [`kyu_core::tally::WORKER_GONE_MS`], by
+    /// name, each with the jobs it runs now.
+    fn worker_list(&self) -> impl Future<Output = Result<Vec<WorkerInfo>, StoreError>> + Send;
+
+    /// Per-minute statistics per queue, oldest first, cluster-wide.
+    fn stats(&self, p: StatsParams) -> impl Future<Output = Result<Vec<StatsPoint>, StoreError>> + Send;
+
+    /// Who learns of each committed change in this process (metrics, live views).
+    fn observers(&self) -> &Observers;
 
     /// Events after commit: jobs available on a queue, a job finished.
     /// A hint, never the source of truth: a lagged receiver re-checks the store.

@@ -387,3 +387,69 @@ pub enum StoreEvent {
     /// This job reached a terminal state (or `waiting` for children).
     JobFinished(JobId),
 }
+
+/// A worker saying it is alive (`POST /v1/workers` or implied by its claims
+/// and heartbeats). Fields it did not give keep what an earlier call said.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerSeenParams {
+    /// The name it claims with.
+    pub name: String,
+    /// Its machine.
+    pub host: Option<String>,
+    /// Its process id.
+    pub pid: Option<i64>,
+    /// Queues it serves.
+    pub queues: Vec<QueueName>,
+    /// Jobs it runs at once.
+    pub concurrency: Option<i64>,
+    /// What it runs (a command, handler kinds, `http`).
+    pub runs: Option<String>,
+}
+
+/// Which per-minute statistics to read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsParams {
+    /// One queue, or all.
+    pub queue: Option<QueueName>,
+    /// From this minute on (inclusive).
+    pub since: Millis,
+}
+
+/// Receives what each committed transaction did. Called on the thread that
+/// committed, after the commit: keep it quick (count, send on a channel).
+pub trait Observer: Send + Sync + 'static {
+    /// `at` is the transaction's time.
+    fn observe(&self, at: Millis, happenings: &[kyu_core::tally::Happening]);
+}
+
+/// The observers of one store (shared by its clones).
+#[derive(Clone, Default)]
+pub struct Observers(std::sync::Arc<std::sync::RwLock<Vec<std::sync::Arc<dyn Observer>>>>);
+
+impl Observers {
+    /// Adds an observer for the life of the store.
+    pub fn add(&self, o: std::sync::Arc<dyn Observer>) {
+        self.0.write().expect("observers").push(o);
+    }
+
+    /// Tells every observer; nothing to do when no one observes.
+    pub fn tell(&self, at: Millis, happenings: &[kyu_core::tally::Happening]) {
+        if happenings.is_empty() {
+            return;
+        }
+        for o in self.0.read().expect("observers").iter() {
+            o.observe(at, happenings);
+        }
+    }
+
+    /// Whether anyone listens.
+    pub fn any(&self) -> bool {
+        !self.0.read().expect("observers").is_empty()
+    }
+}
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Observers({})", self.0.read().map(|v| v.len()).unwrap_or(0))
+    }
+}

@@ -20,6 +20,7 @@ pub mod job_claim;
 pub mod job_insert;
 pub mod job_report;
 pub mod log;
+pub mod observe;
 pub mod queue;
 pub mod race;
 pub mod schedules;
@@ -88,6 +89,13 @@ macro_rules! conformance {
             deps::children_already_done_keep_the_job_running,
             deps::retry_with_dependents_runs_the_rest_of_the_chain,
             log::job_log_is_fenced_bounded_and_kept_per_attempt,
+            observe::timeline_records_each_transition,
+            observe::timeline_of_dependencies_and_children,
+            observe::counts_stay_right_through_every_transition,
+            observe::oldest_ready_job_per_queue,
+            observe::workers_are_listed_with_what_they_run,
+            observe::stats_count_per_minute_and_queue,
+            observe::observers_hear_what_committed,
             deps::flow_of_ten_thousand_releases_parent_once,
             schedules::schedule_crud_and_advance,
             schedules::scheduler_fires_each_tick_once,

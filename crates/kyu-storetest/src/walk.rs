@@ -17,6 +17,13 @@ pub async fn random_walks_keep_the_invariants<S: Store>(s: S) {
     for seed in 1..=4u64 {
         walk(&s, seed, 150).await;
     }
+    // Every job's timeline starts with its enqueue and stays bounded.
+    let page = s.job_list(kyu_store::JobListParams { limit: Some(100), ..Default::default() }).await.unwrap();
+    for j in page.jobs {
+        let events = s.job_events(&j.id).await.unwrap();
+        assert_eq!(events[0].kind, kyu_core::timeline::EventType::Enqueued, "{}", j.id);
+        assert!(events.len() <= kyu_core::timeline::MAX_EVENTS);
+    }
 }
 
 async fn walk<S: Store>(s: &S, seed: u64, steps: usize) {
@@ -84,6 +91,12 @@ async fn walk<S: Store>(s: &S, seed: u64, steps: usize) {
             }
         }
         let after = snapshot(s, &ids).await;
+        // The kept counts agree with the jobs themselves after every step.
+        let info = s.queue_list().await.unwrap().into_iter().find(|q| q.name.as_str() == queue).expect("the walk's queue");
+        for st in JobState::ALL {
+            let n = after.iter().filter(|j| j.state == st).count() as i64;
+            assert_eq!(info.counts[st.as_str()], n, "seed {seed} step {step}: {st} counted {} but {n} jobs are", info.counts[st.as_str()]);
+        }
         for (b, a) in before.iter().zip(&after) {
             let at = format!("seed {seed} step {step}, job {}: {} -> {}", a.id, b.state, a.state);
             assert!(a.attempt <= a.max_attempts && a.attempt >= 0, "{at}: attempt {} of {}", a.attempt, a.max_attempts);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kyu_core::transition::Failure;
 use kyu_core::{ClaimedJob, JobId};
-use kyu_store::{JobClaimParams, Outcome, Report, Store, StoreEvent};
+use kyu_store::{JobClaimParams, Outcome, Report, Store, StoreEvent, WorkerSeenParams};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinHandle;
@@ -60,6 +60,7 @@ impl<S: Store> Worker<S> {
         let background = CancellationToken::new();
         let reporter = tokio::spawn(reporter::report_loop(shared.clone(), background.clone()));
         let heartbeater = tokio::spawn(reporter::heartbeat_loop(shared.clone(), background.clone()));
+        let presence = tokio::spawn(presence_loop(shared.clone(), background.clone()));
         let tracker = TaskTracker::new();
         let maintenance = shared
             .config
@@ -86,11 +87,46 @@ impl<S: Store> Worker<S> {
         background.cancel();
         let _ = reporter.await;
         let _ = heartbeater.await;
+        let _ = presence.await;
         if let Some(m) = maintenance {
             let _ = m.await;
         }
     }
 }
+
+/// Keeps this worker listed in `GET /v1/workers`: at start, then every
+/// [`PRESENCE_EVERY`]. A failure is logged and tried again next time.
+async fn presence_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
+    let cfg = &shared.config;
+    let runs = cfg.runs.clone().unwrap_or_else(|| {
+        let mut kinds: Vec<&str> = shared.handlers.0.keys().map(String::as_str).collect();
+        kinds.sort_unstable();
+        kinds.join(", ")
+    });
+    let hello = WorkerSeenParams {
+        name: cfg.name.clone(),
+        host: Some(crate::worker::host_name()),
+        pid: Some(i64::from(std::process::id())),
+        queues: cfg.queues.clone(),
+        concurrency: Some(cfg.concurrency as i64),
+        runs: Some(runs),
+    };
+    let mut every = tokio::time::interval(PRESENCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = shared.store.worker_seen(hello.clone()).await {
+                    tracing::debug!(error = %e, "could not record this worker as alive");
+                }
+            }
+        }
+    }
+}
+
+/// How often a worker says it is alive (well inside
+/// [`kyu_core::tally::WORKER_GONE_MS`]).
+const PRESENCE_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the claim loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

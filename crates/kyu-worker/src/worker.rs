@@ -48,6 +48,9 @@ pub struct WorkerConfig {
     /// fails its attempt at once, without retry (the same result would be
     /// refused again). 1 MiB by default, the server's default.
     pub max_result_bytes: usize,
+    /// What this worker runs, as `GET /v1/workers` shows it (`kyu work`
+    /// gives its command); by default the kinds it handles.
+    pub runs: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -65,18 +68,23 @@ impl Default for WorkerConfig {
             max_jobs: None,
             burst: false,
             max_result_bytes: kyu_core::Limits::default().max_payload_bytes,
+            runs: None,
         }
     }
 }
 
 fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// This machine's name.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "kyu".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "kyu".into())
 }
 
 /// A configured worker; [`Worker::run`] runs it until told to stop.

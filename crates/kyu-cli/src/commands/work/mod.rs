@@ -69,8 +69,24 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         max_jobs: w.max_jobs,
         burst: w.burst,
         max_result_bytes: w.max_result,
+        runs: Some(w.command.join(" ")),
         ..defaults
     };
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = &w.metrics {
+        let addr = kyu_server::resolve_listen(addr).await.map_err(|e| CliError::Usage(format!("--metrics: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Failed(anyhow::anyhow!("--metrics: cannot listen on {addr}: {e}")))?;
+        let metrics = Arc::new(kyu_server::metrics::Metrics::new());
+        store.observers().add(metrics.clone());
+        if remote {
+            tracing::info!("through a server, jobs are counted in the server's /metrics; this one shows none");
+        }
+        tracing::info!(address = %addr, "serving metrics on /metrics");
+        tokio::spawn(kyu_server::metrics::serve_metrics(listener, metrics, metrics_stop.clone()));
+    }
+    let _stop_metrics = metrics_stop.drop_guard();
     let control_dir = tempfile::Builder::new()
         .prefix("kyu-work-")
         .tempdir()

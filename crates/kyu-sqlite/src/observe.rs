@@ -1,0 +1,182 @@
+//! What the console and `/metrics` read: timelines, per-minute statistics,
+//! the worker registry. Counts per queue and state are kept by triggers
+//! (migration 6).
+
+use std::collections::BTreeMap;
+
+use kyu_core::tally::{Histogram, Minute, STATS_KEEP_MS, StatsPoint, Tally, WORKER_GONE_MS, WorkerInfo};
+use kyu_core::timeline::{self, JobEvent};
+use kyu_core::{JobId, Millis};
+use kyu_store::{StatsParams, StoreError, WorkerSeenParams};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::SqlResultExt;
+use crate::read::{Json, Ts};
+use crate::writer::Tx;
+
+/// Registers `kyu_event_push(events, at, type, attempt, worker, message)`,
+/// which appends to a timeline by [`timeline::push_json`]'s rule.
+pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function("kyu_event_push", 6, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
+        let events: String = ctx.get(0)?;
+        let at: String = ctx.get(1)?;
+        let kind: Option<String> = ctx.get(2)?;
+        let attempt: Option<i64> = ctx.get(3)?;
+        let worker: Option<String> = ctx.get(4)?;
+        let message: Option<String> = ctx.get(5)?;
+        timeline::push_json(&events, &at, kind.as_deref(), attempt, worker.as_deref(), message.as_deref())
+            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    })
+}
+
+/// Adds a transaction's counts to its minutes' rows.
+pub(crate) fn write_minutes(conn: &Connection, now: Millis, tally: &Tally) -> Result<(), StoreError> {
+    if tally.is_empty() {
+        return Ok(());
+    }
+    for ((minute, queue), add) in tally.minutes(now) {
+        let mut row = read_minute(conn, minute, &queue)?.unwrap_or_default();
+        row.merge(&add);
+        conn.prepare_cached(
+            "INSERT INTO kyu_stats (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (minute, queue) DO UPDATE SET enqueued = ?3, completed = ?4, failed = ?5, retried = ?6, \
+               wait_hist = ?7, run_hist = ?8",
+        )
+        .db()?
+        .execute(params![
+            minute.0,
+            queue,
+            row.enqueued,
+            row.completed,
+            row.failed,
+            row.retried,
+            hist(&row.wait),
+            hist(&row.run)
+        ])
+        .db()?;
+    }
+    Ok(())
+}
+
+fn hist(h: &Histogram) -> String {
+    serde_json::to_string(h).expect("histograms serialise")
+}
+
+fn minute_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Minute> {
+    Ok(Minute {
+        enqueued: r.get(at)?,
+        completed: r.get(at + 1)?,
+        failed: r.get(at + 2)?,
+        retried: r.get(at + 3)?,
+        wait: r.get::<_, Json<Histogram>>(at + 4)?.0,
+        run: r.get::<_, Json<Histogram>>(at + 5)?.0,
+    })
+}
+
+fn read_minute(conn: &Connection, minute: Millis, queue: &str) -> Result<Option<Minute>, StoreError> {
+    conn.prepare_cached(
+        "SELECT enqueued, completed, failed, retried, wait_hist, run_hist FROM kyu_stats WHERE minute = ?1 AND queue = ?2",
+    )
+    .db()?
+    .query_row(params![minute.0, queue], |r| minute_from_row(r, 0))
+    .optional()
+    .db()
+}
+
+pub(crate) fn stats(conn: &Connection, p: &StatsParams) -> Result<Vec<StatsPoint>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist FROM kyu_stats \
+             WHERE minute >= ?1 AND (?2 IS NULL OR queue = ?2) ORDER BY minute, queue",
+        )
+        .db()?;
+    let rows = stmt
+        .query_map(params![kyu_core::tally::minute_of(p.since).0, p.queue.as_ref().map(|q| q.as_str())], |r| {
+            let minute = Millis(r.get(0)?);
+            let queue: String = r.get(1)?;
+            Ok(minute_from_row(r, 2)?.point(minute, &queue))
+        })
+        .db()?;
+    rows.collect::<Result<_, _>>().db()
+}
+
+pub(crate) fn job_events(conn: &Connection, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
+    let events: Option<Json<Vec<JobEvent>>> = conn
+        .prepare_cached("SELECT events FROM kyu_jobs WHERE id = ?1")
+        .db()?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()
+        .db()?;
+    events.map(|e| e.0).ok_or_else(|| StoreError::job_not_found(id))
+}
+
+pub(crate) fn worker_seen(tx: &mut Tx<'_>, p: WorkerSeenParams) -> Result<(), StoreError> {
+    kyu_core::validate::label("worker", &p.name)?;
+    let queues = serde_json::to_string(&p.queues).expect("queue names serialise");
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO kyu_workers (name, host, pid, queues, concurrency, runs, started_at, last_seen_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+             ON CONFLICT (name) DO UPDATE SET host = coalesce(?2, host), pid = coalesce(?3, pid), \
+               queues = CASE WHEN ?4 = '[]' THEN queues ELSE ?4 END, concurrency = coalesce(?5, concurrency), \
+               runs = coalesce(?6, runs), last_seen_at = ?7, \
+               started_at = CASE WHEN ?3 IS NOT NULL AND pid IS NOT ?3 THEN ?7 ELSE started_at END",
+        )
+        .db()?
+        .execute(params![p.name, p.host, p.pid, queues, p.concurrency, p.runs, tx.now_str])
+        .db()?;
+    Ok(())
+}
+
+pub(crate) fn worker_list(conn: &Connection, now: Millis) -> Result<Vec<WorkerInfo>, StoreError> {
+    let since = Millis(now.0 - WORKER_GONE_MS).to_rfc3339();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, host, pid, queues, concurrency, runs, started_at, last_seen_at FROM kyu_workers \
+             WHERE last_seen_at >= ?1 ORDER BY name",
+        )
+        .db()?;
+    let rows = stmt
+        .query_map([since], |r| {
+            Ok(WorkerInfo {
+                name: r.get(0)?,
+                host: r.get(1)?,
+                pid: r.get(2)?,
+                queues: r.get::<_, Json<Vec<String>>>(3)?.0,
+                concurrency: r.get(4)?,
+                runs: r.get(5)?,
+                running: Vec::new(),
+                started_at: r.get::<_, Ts>(6)?.0,
+                last_seen_at: r.get::<_, Ts>(7)?.0,
+            })
+        })
+        .db()?;
+    let mut workers: BTreeMap<String, WorkerInfo> = BTreeMap::new();
+    for w in rows {
+        let w = w.db()?;
+        workers.insert(w.name.clone(), w);
+    }
+    // What each runs now, from the jobs themselves: never out of date.
+    let mut stmt = conn.prepare_cached("SELECT worker, id FROM kyu_jobs WHERE state = 'running' ORDER BY seq").db()?;
+    let mut rows = stmt.query([]).db()?;
+    while let Some(r) = rows.next().db()? {
+        let worker: Option<String> = r.get(0).db()?;
+        if let Some(w) = worker.and_then(|w| workers.get_mut(&w))
+            && let Ok(id) = JobId::new(r.get::<_, String>(1).db()?)
+        {
+            w.running.push(id);
+        }
+    }
+    Ok(workers.into_values().collect())
+}
+
+/// Forgets statistics past [`STATS_KEEP_MS`] and workers gone for a day.
+pub(crate) fn prune(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+    let old = kyu_core::tally::minute_of(Millis(tx.now.0 - STATS_KEEP_MS)).0;
+    let stats = tx.conn.prepare_cached("DELETE FROM kyu_stats WHERE minute < ?1").db()?.execute([old]).db()?;
+    let gone = Millis(tx.now.0 - 24 * 3_600_000).to_rfc3339();
+    let workers = tx.conn.prepare_cached("DELETE FROM kyu_workers WHERE last_seen_at < ?1").db()?.execute([gone]).db()?;
+    Ok((stats + workers) as u64)
+}
