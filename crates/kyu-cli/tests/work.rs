@@ -152,7 +152,7 @@ fn racing_worker_processes_never_share_a_job() {
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].chars().next() != Some('Z')))
+        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
         .unwrap_or(false)
 }
 

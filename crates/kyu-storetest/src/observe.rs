@@ -196,7 +196,7 @@ pub async fn workers_are_listed_with_what_they_run<S: Store>(s: S) {
     assert_eq!((w.host.as_deref(), w.pid, w.concurrency), (Some("box"), Some(42), Some(4)));
     assert_eq!(w.queues, ["wq"]);
     assert_eq!(w.runs.as_deref(), Some("python handle.py"));
-    assert_eq!(w.running, [mine.id.clone()]);
+    assert_eq!(w.running, std::slice::from_ref(&mine.id));
     assert!(w.last_seen_at > w.started_at);
     // A restart (another pid) starts it again.
     s.worker_seen(WorkerSeenParams { pid: Some(43), ..hello.clone() }).await.unwrap();

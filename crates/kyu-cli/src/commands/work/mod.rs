@@ -70,7 +70,6 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         burst: w.burst,
         max_result_bytes: w.max_result,
         runs: Some(w.command.join(" ")),
-        ..defaults
     };
     let metrics_stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = &w.metrics {
