@@ -377,6 +377,9 @@ pub struct JobsArgs {
     /// Only jobs with this tag.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Only jobs whose last error contains this text.
+    #[arg(long)]
+    pub error: Option<String>,
     /// Page size (1-1000).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,

@@ -367,6 +367,15 @@ impl Store for HttpStore {
         if let Some(v) = &p.tag {
             q.push(format!("tag={}", enc(v)));
         }
+        if let Some(v) = &p.error_contains {
+            q.push(format!("error={}", enc(v)));
+        }
+        if let Some(v) = p.since {
+            q.push(format!("since={}", enc(&v.to_rfc3339())));
+        }
+        if let Some(v) = p.until {
+            q.push(format!("until={}", enc(&v.to_rfc3339())));
+        }
         if let Some(v) = p.limit {
             q.push(format!("limit={v}"));
         }
@@ -405,6 +414,15 @@ impl Store for HttpStore {
         let body = Value::Object(body.as_object().expect("object").iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect());
         let r: Retried = self.post("/v1/jobs/retry", body).await?;
         Ok(r.retried)
+    }
+
+    async fn job_delete_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        let body = json!({
+            "queue": p.queue, "kind": p.kind, "state": p.state, "since": p.since, "until": p.until, "error": p.error_contains,
+        });
+        let body = Value::Object(body.as_object().expect("object").iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect());
+        let r: Deleted = self.post("/v1/jobs/delete", body).await?;
+        Ok(r.deleted)
     }
 
     async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
@@ -492,7 +510,7 @@ impl Store for HttpStore {
     }
 
     async fn stats(&self, p: StatsParams) -> Result<Vec<StatsPoint>, StoreError> {
-        let mut path = format!("/v1/stats?since={}", urlencoding(&p.since.to_rfc3339()));
+        let mut path = format!("/v1/stats?since={}", enc(&p.since.to_rfc3339()));
         if let Some(q) = &p.queue {
             path.push_str(&format!("&queue={q}"));
         }
@@ -537,7 +555,8 @@ struct StatsSeries {
     series: Vec<StatsPoint>,
 }
 
-/// RFC 3339 times carry `:` and `+`; `+` must be escaped in a query.
-fn urlencoding(s: &str) -> String {
-    s.replace('+', "%2B").replace(':', "%3A")
+
+#[derive(serde::Deserialize)]
+struct Deleted {
+    deleted: u64,
 }

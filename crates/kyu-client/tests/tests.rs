@@ -108,6 +108,9 @@ impl<S: Store> Store for Remote<S> {
     async fn job_retry_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
         self.http.job_retry_many(p).await
     }
+    async fn job_delete_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        self.http.job_delete_many(p).await
+    }
     async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
         self.http.job_delete(id).await
     }

@@ -181,9 +181,12 @@ async fn revive_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Res
     Ok(())
 }
 
-pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+type Args = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The WHERE clause of a dead-letter filter, its arguments after `first`.
+fn dead_letter_filter(p: &JobRetryManyParams, first: Args) -> Result<(String, Args), StoreError> {
     let state = p.check()?;
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(tx.now_ts)];
+    let mut args = first;
     let mut wheres: Vec<String> = Vec::new();
     let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>| {
         args.push(v);
@@ -205,7 +208,12 @@ pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -
     if let Some(e) = &p.error_contains {
         filter("strpos(errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()));
     }
-    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue, id, kind", wheres.join(" AND "));
+    Ok((wheres.join(" AND "), args))
+}
+
+pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let (wheres, args) = dead_letter_filter(&p, vec![Box::new(tx.now_ts)])?;
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {wheres} RETURNING queue, id, kind");
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
     let rows = tx.c.query(&sql, &params).await.db()?;
     let mut queues: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
@@ -225,6 +233,20 @@ pub(crate) async fn retry_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -
         tx.event(StoreEvent::JobsAvailable(q));
     }
     Ok(count)
+}
+
+/// Deletes the dead-letter jobs `p` selects, at most 100,000 per call;
+/// rows another transaction holds are left for the next call.
+pub(crate) async fn delete_many<C: Conn>(tx: &Tx<'_, C>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let (wheres, args) = dead_letter_filter(&p, Vec::new())?;
+    let sql = format!("SELECT seq FROM kyu_jobs WHERE {wheres} LIMIT 100000 FOR UPDATE SKIP LOCKED");
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+    let rows = tx.c.query(&sql, &params).await.db()?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
+    if !seqs.is_empty() {
+        remove(tx, &seqs).await?;
+    }
+    Ok(seqs.len() as u64)
 }
 
 pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), StoreError> {

@@ -372,6 +372,11 @@ impl Store for PgStore {
         in_tx!(self, tx => admin::retry_many(&tx, p).await)
     }
 
+    async fn job_delete_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        p.check()?;
+        in_tx!(self, tx => admin::delete_many(&tx, p).await)
+    }
+
     async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
         in_tx!(self, tx => admin::delete(&tx, id).await)
     }

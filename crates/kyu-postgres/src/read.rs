@@ -135,6 +135,15 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     if let Some(t) = &p.tag {
         filter("tags ? $", Box::new(t.clone()), &mut args);
     }
+    if let Some(e) = &p.error_contains {
+        filter("strpos(errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()), &mut args);
+    }
+    if let Some(t) = p.since {
+        filter("created_at >= $", Box::new(ts(t)), &mut args);
+    }
+    if let Some(t) = p.until {
+        filter("created_at < $", Box::new(ts(t)), &mut args);
+    }
     if let Some(seq) = p.check()? {
         filter("seq < $", Box::new(seq), &mut args);
     }

@@ -148,6 +148,9 @@ pub(crate) struct ListQuery {
     state: Option<String>,
     kind: Option<String>,
     tag: Option<String>,
+    error: Option<String>,
+    since: Option<Millis>,
+    until: Option<Millis>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -164,6 +167,9 @@ pub(crate) async fn list<S: Store>(State(app): State<AppState<S>>, Query(q): Que
         state: q.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
         kind: q.kind,
         tag: q.tag,
+        error_contains: q.error,
+        since: q.since,
+        until: q.until,
         limit: q.limit,
         cursor: q.cursor,
     };
@@ -255,13 +261,28 @@ pub(crate) struct Retried {
 
 /// `POST /v1/jobs/retry`: bulk redrive of the dead-letter set by filter.
 pub(crate) async fn retry_many<S: Store>(State(app): State<AppState<S>>, Json(f): Json<RetryFilter>) -> ApiResult<axum::Json<Retried>> {
-    let params = JobRetryManyParams {
-        queue: f.queue.map(QueueName::new).transpose().map_err(|m| ApiError::invalid("queue", m))?,
-        kind: f.kind,
-        state: f.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
-        since: f.since,
-        until: f.until,
-        error_contains: f.error,
-    };
-    Ok(axum::Json(Retried { retried: app.store.job_retry_many(params).await? }))
+    Ok(axum::Json(Retried { retried: app.store.job_retry_many(f.params()?).await? }))
+}
+
+impl RetryFilter {
+    pub(crate) fn params(self) -> ApiResult<JobRetryManyParams> {
+        Ok(JobRetryManyParams {
+            queue: self.queue.map(QueueName::new).transpose().map_err(|m| ApiError::invalid("queue", m))?,
+            kind: self.kind,
+            state: self.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
+            since: self.since,
+            until: self.until,
+            error_contains: self.error,
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct Deleted {
+    deleted: u64,
+}
+
+/// `POST /v1/jobs/delete`: bulk delete of the dead-letter set by filter.
+pub(crate) async fn delete_many<S: Store>(State(app): State<AppState<S>>, Json(f): Json<RetryFilter>) -> ApiResult<axum::Json<Deleted>> {
+    Ok(axum::Json(Deleted { deleted: app.store.job_delete_many(f.params()?).await? }))
 }

@@ -166,6 +166,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/jobs", post(jobs::enqueue::<S>).get(jobs::list::<S>))
         .route("/v1/jobs/batch", post(jobs::batch::<S>))
         .route("/v1/jobs/retry", post(jobs::retry_many::<S>))
+        .route("/v1/jobs/delete", post(jobs::delete_many::<S>))
         .route("/v1/flows", post(jobs::flow::<S>))
         .route("/v1/jobs/{id}", get(jobs::get::<S>).delete(jobs::delete::<S>))
         .route("/v1/jobs/{id}/result", get(jobs::result::<S>))

@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/jobs/{id}/log"),
     ("post", "/v1/jobs/{id}/log"),
     ("post", "/v1/jobs/retry"),
+    ("post", "/v1/jobs/delete"),
     ("post", "/v1/claim"),
     ("post", "/v1/reports"),
     ("post", "/v1/heartbeats"),
@@ -125,7 +126,9 @@ pub fn document() -> Value {
         &["400", "401", "403", "404", "413", "415", "422"]));
     add("/v1/jobs", "get", op("List jobs, newest first",
         json!([query("queue", name.clone()), query("state", r("State")), query("kind", name.clone()),
-               query("tag", json!({"type": "string", "pattern": LABEL_PATTERN})), query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+               query("tag", json!({"type": "string", "pattern": LABEL_PATTERN})),
+               query("error", json!({"type": "string", "pattern": "^[^\\u0000]{1,1000}$"})), query("since", r("Time")), query("until", r("Time")),
+               query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                query("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}))]),
         None, vec![ok("200", "a page", Some(r("JobPage")))], &["400", "401", "403", "422"]));
     add("/v1/jobs/batch", "post", op("Enqueue jobs atomically", none.clone(),
@@ -162,6 +165,12 @@ pub fn document() -> Value {
             "queue": name.clone(), "kind": name.clone(), "state": {"enum": ["failed", "cancelled"]},
             "since": r("Time"), "until": r("Time"), "error": {"type": "string", "pattern": "^[^\\u0000]{0,1000}$"}}}))),
         vec![ok("200", "how many", Some(json!({"type": "object", "required": ["retried"], "properties": {"retried": {"type": "integer"}}})))],
+        &["400", "401", "403", "415", "422"]));
+    add("/v1/jobs/delete", "post", op("Bulk delete of the dead-letter set (failed or cancelled jobs) by filter", none.clone(),
+        Some(body(json!({"type": "object", "additionalProperties": false, "properties": {
+            "queue": name.clone(), "kind": name.clone(), "state": {"enum": ["failed", "cancelled"]},
+            "since": r("Time"), "until": r("Time"), "error": {"type": "string", "pattern": "^[^\\u0000]{0,1000}$"}}}))),
+        vec![ok("200", "how many", Some(json!({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}})))],
         &["400", "401", "403", "415", "422"]));
     add("/v1/claim", "post", op("Claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
         Some(body(json!({"type": "object", "required": ["queues", "worker"], "additionalProperties": false, "properties": {

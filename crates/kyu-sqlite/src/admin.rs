@@ -160,9 +160,10 @@ fn revive_dependents(tx: &mut Tx<'_>, seq: i64, id: &JobId) -> Result<(), StoreE
     Ok(())
 }
 
-pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+/// The WHERE clause of a dead-letter filter, its arguments after `first`.
+fn dead_letter_filter(p: &JobRetryManyParams, first: Vec<rusqlite::types::Value>) -> Result<(String, Vec<rusqlite::types::Value>), StoreError> {
     let state = p.check()?;
-    let mut args: Vec<rusqlite::types::Value> = vec![tx.now_str.clone().into()];
+    let mut args = first;
     let mut wheres: Vec<String> = Vec::new();
     let mut filter = |clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -184,7 +185,12 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
     if let Some(e) = &p.error_contains {
         filter("instr(json_extract(errors, '$[#-1].message'), ?) > 0", e.clone().into());
     }
-    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {} RETURNING queue, id, kind", wheres.join(" AND "));
+    Ok((wheres.join(" AND "), args))
+}
+
+pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let (wheres, args) = dead_letter_filter(&p, vec![tx.now_str.clone().into()])?;
+    let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {wheres} RETURNING queue, id, kind");
     let mut stmt = tx.conn.prepare(&sql).db()?;
     let rows: Vec<(String, String, String)> =
         stmt.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).db()?.collect::<Result<_, _>>().db()?;
@@ -201,6 +207,17 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
     queues.dedup();
     tx.events.extend(queues.into_iter().filter_map(|q| kyu_core::QueueName::new(q).ok()).map(StoreEvent::JobsAvailable));
     Ok(count)
+}
+
+/// Deletes the dead-letter jobs `p` selects, at most 100,000 per call.
+pub(crate) fn delete_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let (wheres, args) = dead_letter_filter(&p, Vec::new())?;
+    let sql = format!("SELECT seq FROM kyu_jobs WHERE {wheres} LIMIT 100000");
+    let seqs: Vec<i64> = tx.conn.prepare(&sql).db()?.query_map(params_from_iter(args), |r| r.get(0)).db()?.collect::<Result<_, _>>().db()?;
+    for &seq in &seqs {
+        remove(tx, seq)?;
+    }
+    Ok(seqs.len() as u64)
 }
 
 pub(crate) fn delete(tx: &mut Tx<'_>, id: &JobId) -> Result<(), StoreError> {

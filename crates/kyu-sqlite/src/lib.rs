@@ -279,6 +279,11 @@ impl Store for SqliteStore {
         self.inner.writer.write(move |tx| admin::retry_many(tx, p)).await
     }
 
+    async fn job_delete_many(&self, p: JobRetryManyParams) -> Result<u64, StoreError> {
+        p.check()?;
+        self.inner.writer.write(move |tx| admin::delete_many(tx, p)).await
+    }
+
     async fn job_delete(&self, id: &JobId) -> Result<(), StoreError> {
         let id = id.clone();
         self.inner.writer.write(move |tx| admin::delete(tx, &id)).await

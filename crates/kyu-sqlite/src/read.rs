@@ -139,6 +139,18 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
         wheres.push("EXISTS (SELECT 1 FROM json_each(kyu_jobs.tags) WHERE value = ?)");
         args.push(t.clone().into());
     }
+    if let Some(e) = &p.error_contains {
+        wheres.push("instr(json_extract(errors, '$[#-1].message'), ?) > 0");
+        args.push(e.clone().into());
+    }
+    if let Some(t) = p.since {
+        wheres.push("created_at >= ?");
+        args.push(t.to_rfc3339().into());
+    }
+    if let Some(t) = p.until {
+        wheres.push("created_at < ?");
+        args.push(t.to_rfc3339().into());
+    }
     if let Some(seq) = p.check()? {
         wheres.push("seq < ?");
         args.push(seq.into());

@@ -114,6 +114,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Bulk redrive of the dead-letter set by filter; returns how many.
     fn job_retry_many(&self, p: JobRetryManyParams) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Bulk delete of the dead-letter set (failed or cancelled jobs) by
+    /// filter, with their logs; returns how many.
+    fn job_delete_many(&self, p: JobRetryManyParams) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Removes a job that is not running.
     fn job_delete(&self, id: &JobId) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -175,6 +175,12 @@ pub struct JobListParams {
     pub kind: Option<String>,
     /// Only jobs with this tag.
     pub tag: Option<String>,
+    /// Only jobs whose last error contains this text.
+    pub error_contains: Option<String>,
+    /// Only jobs created at or after this.
+    pub since: Option<Millis>,
+    /// Only jobs created before this.
+    pub until: Option<Millis>,
     /// Page size (capped at 1000; default 100).
     pub limit: Option<usize>,
     /// From a previous page's `next_cursor`.
@@ -190,6 +196,15 @@ impl JobListParams {
         }
         if let Some(t) = &self.tag {
             validate::label("tag", t)?;
+        }
+        if let Some(e) = &self.error_contains {
+            validate::search_text("error", e)?;
+        }
+        if let Some(s) = self.since {
+            validate::timestamp("since", s)?;
+        }
+        if let Some(u) = self.until {
+            validate::timestamp("until", u)?;
         }
         self.cursor
             .as_deref()
@@ -271,7 +286,7 @@ pub struct LogLines {
     pub lines: Vec<LogLine>,
 }
 
-/// Filter for a bulk redrive.
+/// Filter for a bulk redrive or delete of the dead-letter set.
 #[derive(Clone, Debug, Default)]
 pub struct JobRetryManyParams {
     /// Only this queue.

@@ -96,6 +96,7 @@ macro_rules! conformance {
             observe::workers_are_listed_with_what_they_run,
             observe::stats_count_per_minute_and_queue,
             observe::observers_hear_what_committed,
+            observe::dead_letter_set_is_listed_and_deleted_by_filter,
             deps::flow_of_ten_thousand_releases_parent_once,
             schedules::schedule_crud_and_advance,
             schedules::scheduler_fires_each_tick_once,

@@ -305,3 +305,37 @@ pub async fn observers_hear_what_committed<S: Store>(s: S) {
     let _ = s.job_report_many(vec![rep]).await.unwrap();
     assert_eq!(heard.0.lock().unwrap().len(), got.len());
 }
+
+pub async fn dead_letter_set_is_listed_and_deleted_by_filter<S: Store>(s: S) {
+    let mut sp = spec("dl", "k");
+    sp.max_attempts = Some(1);
+    let t0 = s.clock().now();
+    for i in 0..4 {
+        enqueue(&s, sp.clone()).await;
+        let j = claim_one(&s, "dl").await;
+        fail(&s, &j, if i % 2 == 0 { "disk full" } else { "timeout talking to <db>" }).await.unwrap();
+        s.clock().advance(1_000);
+    }
+    let keep = enqueue(&s, spec("dl", "k")).await;
+    let list = |error: Option<&str>, since: Option<Millis>| {
+        let s = s.clone();
+        let error = error.map(String::from);
+        async move {
+            let p = kyu_store::JobListParams { queue: Some(q("dl")), error_contains: error, since, ..Default::default() };
+            s.job_list(p).await.unwrap().jobs.len()
+        }
+    };
+    assert_eq!(list(Some("<db>"), None).await, 2);
+    assert_eq!(list(None, Some(Millis(t0.0 + 2_000))).await, 3, "two failed and the queued one");
+    assert!(matches!(
+        s.job_list(kyu_store::JobListParams { error_contains: Some("a\u{0}b".into()), ..Default::default() }).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let filter = kyu_store::JobRetryManyParams { queue: Some(q("dl")), error_contains: Some("disk".into()), ..Default::default() };
+    assert_eq!(s.job_delete_many(filter.clone()).await.unwrap(), 2);
+    assert_eq!(s.job_delete_many(filter).await.unwrap(), 0);
+    assert_eq!(list(None, None).await, 3);
+    let running = kyu_store::JobRetryManyParams { state: Some(JobState::Running), ..Default::default() };
+    assert!(matches!(s.job_delete_many(running).await, Err(StoreError::Invalid(_))));
+    assert_eq!(get(&s, &keep).await.state, JobState::Queued, "only the dead-letter set is deleted");
+}

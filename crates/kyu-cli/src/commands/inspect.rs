@@ -77,8 +77,10 @@ pub async fn jobs<S: Store>(store: &S, a: JobsArgs, json: bool) -> Result<ExitCo
         state: a.state.map(|s| s.parse::<JobState>()).transpose().map_err(CliError::Usage)?,
         kind: a.kind,
         tag: a.tag,
+        error_contains: a.error,
         limit: Some(a.limit),
         cursor: a.cursor,
+        ..Default::default()
     };
     let page = store.job_list(params).await?;
     if json {
