@@ -5,6 +5,7 @@ mod support;
 
 mod bench;
 mod cli;
+mod console;
 mod deploy;
 mod server;
 mod postgres;

@@ -97,8 +97,8 @@ pub(crate) enum Need {
 }
 
 pub(crate) fn need(method: &Method, path: &str) -> Need {
-    if path == "/healthz" || path == "/v1/openapi.json" || (method == Method::GET && path == "/") {
-        return Need::Public; // the dashboard checks its own login
+    if path == "/healthz" || path == "/v1/openapi.json" || crate::console::is_console_path(path) {
+        return Need::Public; // the console checks its own sign-in
     }
     if method == Method::GET {
         return Need::Read;
@@ -140,8 +140,8 @@ pub(crate) fn presented(req: &Request) -> Option<String> {
     if req.method() != Method::GET {
         return None; // cookies only for reads: no cross-site writes
     }
-    let cookies = req.headers().get(header::COOKIE)?.to_str().ok()?;
-    cookies.split(';').find_map(|c| c.trim().strip_prefix("kyu_token=").map(|s| s.to_owned()))
+    // The console's session, for the reads its pages make (the live stream).
+    crate::console::cookie_token(req.headers())
 }
 
 /// Middleware: 401 without a valid token, 403 for a role that may not.

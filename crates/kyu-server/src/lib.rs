@@ -15,7 +15,7 @@
 mod activity;
 mod auth;
 pub mod connections;
-mod dashboard;
+mod console;
 mod error;
 mod jobs;
 mod meta;
@@ -126,6 +126,8 @@ pub(crate) struct AppState<S> {
     pub changes: tokio::sync::broadcast::Sender<kyu_core::tally::Change>,
     /// When each HTTP worker was last recorded.
     pub seen: Arc<activity::Seen>,
+    /// Random per process: keys the console's CSRF tokens.
+    pub console_key: [u8; 32],
 }
 
 impl<S: Store> Clone for AppState<S> {
@@ -138,6 +140,7 @@ impl<S: Store> Clone for AppState<S> {
             metrics: self.metrics.clone(),
             changes: self.changes.clone(),
             seen: self.seen.clone(),
+            console_key: self.console_key,
         }
     }
 }
@@ -161,6 +164,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         metrics: metrics.clone(),
         changes,
         seen: Arc::new(activity::Seen::default()),
+        console_key: random_key(),
     };
     Router::new()
         .route("/v1/jobs", post(jobs::enqueue::<S>).get(jobs::list::<S>))
@@ -197,7 +201,7 @@ pub fn router<S: Store>(store: S, config: ServerConfig, shutdown: CancellationTo
         .route("/v1/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics::<S>))
         .route("/healthz", get(meta::healthz::<S>))
-        .route("/", get(dashboard::page::<S>))
+        .merge(console::routes::<S>())
         .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::count_requests))
         .fallback(no_route)
         .method_not_allowed_fallback(not_allowed)
@@ -234,6 +238,16 @@ async fn reload_on_sighup(tls: Arc<tls::Tls>, stop: CancellationToken) {
             },
         }
     }
+}
+
+/// 32 random bytes from the operating system.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let a = uuid::Uuid::new_v4();
+    let b = uuid::Uuid::new_v4();
+    key[..16].copy_from_slice(a.as_bytes());
+    key[16..].copy_from_slice(b.as_bytes());
+    key
 }
 
 async fn no_route() -> ApiError {
