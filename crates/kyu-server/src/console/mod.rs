@@ -77,7 +77,7 @@ pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 || s.len() > 2048 {
+    if !s.len().is_multiple_of(2) || s.len() > 2048 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
