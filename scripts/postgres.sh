@@ -10,12 +10,15 @@ kyu_pg_bin() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
-# What the tests need beside PostgreSQL: openssl (the test certificates)
-# and systemd-analyze (checking the units in docs/deploy).
+# What the tests need beside PostgreSQL, in the same one apt step: openssl
+# (the test certificates), systemd-analyze (checking the units in
+# docs/deploy), and Chromium with its WebDriver (the console's browser test).
 kyu_missing=()
 [ -z "$(kyu_pg_bin)" ] && kyu_missing+=(postgresql)
 command -v openssl >/dev/null || kyu_missing+=(openssl)
 command -v systemd-analyze >/dev/null || kyu_missing+=(systemd)
+[ -x /usr/bin/chromium ] || kyu_missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || kyu_missing+=(chromium-driver)
 if [ ${#kyu_missing[@]} -gt 0 ]; then
   echo "== installing ${kyu_missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

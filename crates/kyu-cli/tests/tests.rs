@@ -8,5 +8,6 @@ mod cli;
 mod console;
 mod deploy;
 mod server;
+mod observability;
 mod postgres;
 mod work;

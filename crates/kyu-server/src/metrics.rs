@@ -101,15 +101,15 @@ impl Metrics {
         let requests = Family::<RouteStatus, Counter>::default();
         let request_time =
             Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(request_seconds as fn() -> Histogram);
-        registry.register("kyu_jobs_enqueued", "Jobs this process enqueued.", enqueued.clone());
-        registry.register("kyu_job_attempts", "Attempts that ended in this process, by outcome.", attempts.clone());
-        registry.register("kyu_job_run_seconds", "How long one attempt ran, claim to end.", run.clone());
-        registry.register("kyu_job_wait_seconds", "How long a job waited from ready to claimed.", wait.clone());
-        registry.register("kyu_http_requests", "HTTP requests served, by route and status.", requests.clone());
-        registry.register("kyu_http_request_duration_seconds", "How long HTTP requests took, by route.", request_time.clone());
+        registry.register("kyu_jobs_enqueued", "Jobs this process enqueued", enqueued.clone());
+        registry.register("kyu_job_attempts", "Attempts that ended in this process, by outcome", attempts.clone());
+        registry.register("kyu_job_run_seconds", "How long one attempt ran, claim to end", run.clone());
+        registry.register("kyu_job_wait_seconds", "How long a job waited from ready to claimed", wait.clone());
+        registry.register("kyu_http_requests", "HTTP requests served, by route and status", requests.clone());
+        registry.register("kyu_http_request_duration_seconds", "How long HTTP requests took, by route", request_time.clone());
         let build = Family::<Version, Gauge>::default();
         build.get_or_create(&Version { version: env!("CARGO_PKG_VERSION") }).set(1);
-        registry.register("kyu_build_info", "kyu's version.", build);
+        registry.register("kyu_build_info", "kyu's version", build);
         Metrics { registry, enqueued, attempts, run, wait, requests, request_time }
     }
 
@@ -186,14 +186,12 @@ impl Cluster {
                 workers.get_or_create(&QueueLabel { queue: q.clone() }).inc();
             }
         }
-        r.register("kyu_queue_jobs", "Jobs in the store, by queue and state (cluster-wide).", jobs);
-        r.register(
-            "kyu_queue_oldest_ready_age_seconds",
-            "How long the queue's oldest ready job has waited (0 when none).",
+        r.register("kyu_queue_jobs", "Jobs in the store, by queue and state (cluster-wide)", jobs);
+        r.register("kyu_queue_oldest_ready_age_seconds", "How long the queue's oldest ready job has waited (0 when none)",
             oldest,
         );
-        r.register("kyu_queue_paused", "1 while the queue is paused.", paused);
-        r.register("kyu_workers", "Workers seen in the last 3 minutes, by queue they serve.", workers);
+        r.register("kyu_queue_paused", "1 while the queue is paused", paused);
+        r.register("kyu_workers", "Workers seen in the last 3 minutes, by queue they serve", workers);
         r
     }
 }
