@@ -88,6 +88,15 @@ fn walkthrough(k: &Kyu) {
     ] {
         assert!(families.iter().any(|f| f == name), "{name} missing from {families:?}");
     }
+    // The Grafana dashboard under docs/ asks only for series that exist.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/kyu.json")).unwrap();
+    let mut rest = dashboard.as_str();
+    while let Some(i) = rest.find("kyu_") {
+        let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[i + name.len()..];
+        let family = ["_total", "_bucket", "_count", "_sum"].iter().fold(name.clone(), |n, s| n.strip_suffix(s).map(str::to_owned).unwrap_or(n));
+        assert!(families.contains(&family) || family == "kyu_build_info", "the dashboard uses {name}, which /metrics does not have");
+    }
 
     // The timeline.
     let events = ok(200, s.call("GET", "/v1/jobs/o0/events", None));

@@ -167,7 +167,8 @@ pub(crate) async fn list<S: Store>(State(app): State<AppState<S>>, Query(q): Que
         state: q.state.map(|s| s.parse::<JobState>()).transpose().map_err(|m| ApiError::invalid("state", m))?,
         kind: q.kind,
         tag: q.tag,
-        error_contains: q.error,
+        // An empty filter filters nothing, as in a form left blank.
+        error_contains: q.error.filter(|e| !e.is_empty()),
         since: q.since,
         until: q.until,
         limit: q.limit,

@@ -127,7 +127,7 @@ pub fn document() -> Value {
     add("/v1/jobs", "get", op("List jobs, newest first",
         json!([query("queue", name.clone()), query("state", r("State")), query("kind", name.clone()),
                query("tag", json!({"type": "string", "pattern": LABEL_PATTERN})),
-               query("error", json!({"type": "string", "pattern": "^[^\\u0000]{1,1000}$"})), query("since", r("Time")), query("until", r("Time")),
+               query("error", json!({"type": "string", "pattern": "^[^\\u0000]{0,1000}$"})), query("since", r("Time")), query("until", r("Time")),
                query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                query("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}))]),
         None, vec![ok("200", "a page", Some(r("JobPage")))], &["400", "401", "403", "422"]));
