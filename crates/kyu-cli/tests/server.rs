@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Kyu, heavy, http};
+use crate::support::{Kyu, heavy, http, wait_until};
 
 fn ok(expected: u16, (status, body): (u16, Value)) -> Value {
     assert_eq!(status, expected, "answer: {body}");
@@ -116,25 +116,34 @@ fn walkthrough(k: &Kyu) {
     error_code(404, s.call("GET", "/v1/schedules/nightly", None));
 
     // Long polls: a claim waits for an enqueue; a result waits for a completion.
+    // The claimer is listed in /v1/workers once its claim is in the
+    // server: then the enqueue must wake it.
     let url = s.url.clone();
-    let producer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        http(&url, "POST", "/v1/jobs", None, Some(r#"{"queue":"lp","kind":"k","id":"lp1"}"#))
+    let claimer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = http(&url, "POST", "/v1/claim", None, Some(r#"{"queues":["lp"],"worker":"w2","wait_ms":20000}"#));
+        (answer, started.elapsed())
     });
-    let started = Instant::now();
-    let claimed = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["lp"],"worker":"w2","wait_ms":20000}"#)));
+    wait_until("the claim to be waiting", Duration::from_secs(10), || {
+        s.call("GET", "/v1/workers", None).1["workers"].as_array().is_some_and(|w| w.iter().any(|w| w["name"] == "w2"))
+    });
+    ok(201, s.call("POST", "/v1/jobs", Some(r#"{"queue":"lp","kind":"k","id":"lp1"}"#)));
+    let (answer, took) = claimer.join().unwrap();
+    let claimed = ok(200, answer);
     assert_eq!(claimed["jobs"][0]["id"], "lp1", "woken by the enqueue");
-    assert!(started.elapsed() < Duration::from_secs(10));
-    producer.join().unwrap();
+    assert!(took < Duration::from_secs(10));
     let token = claimed["jobs"][0]["token"].as_str().unwrap().to_owned();
+    // A result long poll waits while the job runs (and answers its state
+    // when its wait is over), and answers as soon as the job completes.
+    let started = Instant::now();
+    let still = ok(200, s.call("GET", "/v1/jobs/lp1/result?wait_ms=300", None));
+    assert_eq!(still["state"], "running");
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
     let url = s.url.clone();
-    let finisher = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        http(&url, "POST", "/v1/jobs/lp1/complete", None, Some(&json!({"token": token, "result": 7}).to_string()))
-    });
-    let waited = ok(200, s.call("GET", "/v1/jobs/lp1/result?wait_ms=20000", None));
+    let waiter = std::thread::spawn(move || http(&url, "GET", "/v1/jobs/lp1/result?wait_ms=20000", None, None));
+    ok(200, s.call("POST", "/v1/jobs/lp1/complete", Some(&json!({"token": token, "result": 7}).to_string())));
+    let waited = ok(200, waiter.join().unwrap());
     assert_eq!((waited["state"].as_str(), waited["result"].as_i64()), (Some("completed"), Some(7)));
-    finisher.join().unwrap();
     let quick = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["empty"],"worker":"w","wait_ms":100}"#)));
     assert_eq!(quick["jobs"], json!([]));
 
@@ -229,7 +238,9 @@ fn sigterm_stops_the_server_cleanly_during_a_long_poll() {
     let mut s = k.server("shutdown", &[]);
     let url = s.url.clone();
     let poller = std::thread::spawn(move || http(&url, "POST", "/v1/claim", None, Some(r#"{"queues":["q"],"worker":"w","wait_ms":60000}"#)));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the long poll to be in the server", Duration::from_secs(10), || {
+        s.call("GET", "/v1/workers", None).1["workers"].as_array().is_some_and(|w| w.iter().any(|w| w["name"] == "w"))
+    });
     let started = Instant::now();
     assert!(s.stop().success(), "exit 0 on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(10));

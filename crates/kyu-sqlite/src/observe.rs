@@ -158,14 +158,20 @@ pub(crate) fn worker_list(conn: &Connection, now: Millis) -> Result<Vec<WorkerIn
         let w = w.db()?;
         workers.insert(w.name.clone(), w);
     }
-    // What each runs now, from the jobs themselves: never out of date.
-    let mut stmt = conn.prepare_cached("SELECT worker, id FROM kyu_jobs WHERE state = 'running' ORDER BY seq").db()?;
+    // What each runs now, from the jobs themselves: never out of date. No
+    // ORDER BY: sorting by seq in SQL would make SQLite walk the whole
+    // table in rowid order instead of the partial index of running rows.
+    let mut stmt = conn.prepare_cached("SELECT seq, worker, id FROM kyu_jobs WHERE state = 'running'").db()?;
     let mut rows = stmt.query([]).db()?;
+    let mut running: Vec<(i64, String, String)> = Vec::new();
     while let Some(r) = rows.next().db()? {
-        let worker: Option<String> = r.get(0).db()?;
-        if let Some(w) = worker.and_then(|w| workers.get_mut(&w))
-            && let Ok(id) = JobId::new(r.get::<_, String>(1).db()?)
-        {
+        if let Some(worker) = r.get::<_, Option<String>>(1).db()? {
+            running.push((r.get(0).db()?, worker, r.get(2).db()?));
+        }
+    }
+    running.sort_unstable_by_key(|r| r.0);
+    for (_, worker, id) in running {
+        if let (Some(w), Ok(id)) = (workers.get_mut(&worker), JobId::new(id)) {
             w.running.push(id);
         }
     }
