@@ -213,10 +213,11 @@ fn auth_roles() {
     assert_eq!(error_code(403, call(Some("prod-secret"), "POST", "/v1/queues/q/pause", None)), "forbidden");
     assert_eq!(call(Some("admin-secret"), "POST", "/v1/jobs/j1/cancel", None).0, 200);
     assert_eq!(call(Some("admin-secret"), "POST", "/v1/queues/q/pause", None).0, 200);
-    // The dashboard asks for a token, then remembers it in a cookie.
-    let (st, page) = call(None, "GET", "/", None);
+    // The console sends a visitor without a session to its login form.
+    assert_eq!(call(None, "GET", "/", None).0, 303);
+    let (st, page) = call(None, "GET", "/login", None);
     assert_eq!(st, 200);
-    assert!(page.as_str().unwrap().contains("Token"), "a login form");
+    assert!(page.as_str().unwrap().contains("oken"), "a login form asking for a token");
     // The CLI passes KYU_TOKEN.
     let out = k.command(&["--url", &s.url, "jobs"]).env_remove("KYU_DATABASE_URL").env("KYU_TOKEN", "prod-secret").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

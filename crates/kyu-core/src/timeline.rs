@@ -206,34 +206,72 @@ pub fn push_by<T>(events: &mut Vec<T>, event: T, type_of: impl Fn(&T) -> Option<
     events.push(event);
 }
 
+/// How a timeline is stored: a JSON array of `[at_ms, type, attempt,
+/// worker, message]`, compact because it rides in every write of the job's
+/// row. The `enqueued` event of a plain job is not stored: it is the job's
+/// `created_at`, added when the timeline is read ([`decode`]).
+type Stored = (i64, String, Option<i64>, Option<String>, Option<String>);
+
+/// A stored array shorter than this cannot hold [`MAX_EVENTS`] events (the
+/// shortest stored event, `[0,"x",null,null,null]`, is 22 bytes), so a
+/// push that does not coalesce may append without reading it.
+const SHORT_ENOUGH: usize = MAX_EVENTS * 20;
+
 /// [`push`] on the stored JSON text: what a backend's `kyu_event_push(events,
-/// at, type, attempt, worker, message)` does. A null `kind` appends nothing,
-/// so one statement can serve rows with and without an event.
+/// at, type, attempt, worker, message)` does (`at` as RFC 3339). A null
+/// `kind` appends nothing, so one statement can serve rows with and without
+/// an event.
 pub fn push_json(
     events: &str,
-    at: &str,
+    at: Millis,
     kind: Option<&str>,
     attempt: Option<i64>,
     worker: Option<&str>,
     message: Option<&str>,
 ) -> Result<String, serde_json::Error> {
     let Some(kind) = kind else { return Ok(events.to_owned()) };
+    let event = serde_json::to_string(&(at.0, kind, attempt, worker, message))?;
+    let coalesces = matches!(kind, "progress" | "checkpoint");
+    let trimmed = events.trim();
+    if !coalesces && trimmed.len() < SHORT_ENOUGH && trimmed.ends_with(']') {
+        // Appending cannot reach the bound: no need to read the array.
+        let body = trimmed[..trimmed.len() - 1].trim_end();
+        let sep = if body.trim_start() == "[" { "" } else { "," };
+        return Ok(format!("{body}{sep}{event}]"));
+    }
     let mut list: Vec<serde_json::Value> = serde_json::from_str(events)?;
-    let event = serde_json::json!({"at": at, "type": kind, "attempt": attempt, "worker": worker, "message": message});
-    push_by(&mut list, event, |e| e.get("type").and_then(|t| t.as_str()));
+    push_by(&mut list, serde_json::from_str(&event)?, |e| e.get(1).and_then(|t| t.as_str()));
     serde_json::to_string(&list)
 }
 
-/// A new job's timeline: enqueued, and failed at once if a dependency
-/// already broke (the message says which).
-pub fn at_insert(now: Millis, state: JobState, run_at: Millis, pending: i64, error: Option<&str>) -> Vec<JobEvent> {
+/// A stored timeline as the API shows it, the implicit `enqueued` first.
+pub fn decode(stored: &str, created_at: Millis) -> Result<Vec<JobEvent>, serde_json::Error> {
+    let raw: Vec<Stored> = serde_json::from_str(stored)?;
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    for (at, kind, attempt, worker, message) in raw {
+        let kind: EventType = serde_json::from_value(serde_json::Value::String(kind))?;
+        out.push(JobEvent { at: Millis(at), kind, attempt: attempt.map(|a| a as i32), worker, message });
+    }
+    if out.first().is_none_or(|e| e.kind != EventType::Enqueued) {
+        out.insert(0, JobEvent { at: created_at, kind: EventType::Enqueued, attempt: None, worker: None, message: None });
+    }
+    Ok(out)
+}
+
+/// What a new job's timeline holds when stored: nothing for a plain job
+/// (its enqueue is its `created_at`); the `enqueued` event with why it
+/// waits, and `failed` if a dependency already broke, otherwise.
+pub fn at_insert(now: Millis, state: JobState, run_at: Millis, pending: i64, error: Option<&str>) -> Option<String> {
     let first = enqueued(state, run_at, pending);
-    let mut out = vec![JobEvent { at: now, kind: first.kind, attempt: None, worker: None, message: first.message }];
+    if first.message.is_none() && !state.is_terminal() {
+        return None;
+    }
+    let mut out: Vec<Stored> = vec![(now.0, first.kind.as_str().to_owned(), None, None, first.message)];
     if state.is_terminal() {
         let kind = if state == JobState::Cancelled { EventType::Cancelled } else { EventType::Failed };
-        out.push(JobEvent { at: now, kind, attempt: None, worker: None, message: error.map(|e| clip(e.to_owned())) });
+        out.push((now.0, kind.as_str().to_owned(), None, None, error.map(|e| clip(e.to_owned()))));
     }
-    out
+    Some(serde_json::to_string(&out).expect("events serialise"))
 }
 
 #[cfg(test)]
@@ -261,15 +299,31 @@ mod tests {
     }
 
     #[test]
-    fn json_push_follows_the_same_rule() {
+    fn stored_push_follows_the_same_rule() {
         let mut s = "[]".to_owned();
         for i in 0..5 {
-            s = push_json(&s, &Millis(i).to_rfc3339(), Some("progress"), Some(1), None, Some("p")).unwrap();
+            s = push_json(&s, Millis(i), Some("progress"), Some(1), None, Some("p")).unwrap();
         }
-        assert_eq!(push_json(&s, "x", None, None, None, None).unwrap(), s);
-        let back: Vec<JobEvent> = serde_json::from_str(&s).unwrap();
-        assert_eq!(back.len(), 1);
-        assert_eq!(back[0].at, Millis(4));
+        assert_eq!(push_json(&s, Millis(9), None, None, None, None).unwrap(), s);
+        let back = decode(&s, Millis(0)).unwrap();
+        assert_eq!(back.len(), 2, "the implicit enqueue, then one progress");
+        assert_eq!((back[0].kind, back[1].at), (EventType::Enqueued, Millis(4)));
+        // The quick append and the full rule agree, up to the bound.
+        let mut fast = "[]".to_owned();
+        let mut typed: Vec<JobEvent> = Vec::new();
+        for i in 0..(MAX_EVENTS as i64 + 50) {
+            let kind = if i % 2 == 0 { EventType::Claimed } else { EventType::Snoozed };
+            fast = push_json(&fast, Millis(i), Some(kind.as_str()), Some(i), Some("w"), None).unwrap();
+            push(&mut typed, JobEvent { at: Millis(i), kind, attempt: Some(i as i32), worker: Some("w".into()), message: None });
+        }
+        let decoded = decode(&fast, Millis(0)).unwrap();
+        assert_eq!(&decoded[1..], &typed[..], "stored events after the implicit enqueue");
+        // PostgreSQL's jsonb prints with spaces; the quick append copes.
+        let spaced = push_json("[[1, \"claimed\", 1, \"w\", null]]", Millis(2), Some("completed"), Some(1), None, None).unwrap();
+        assert_eq!(decode(&spaced, Millis(0)).unwrap().len(), 3);
+        assert_eq!(at_insert(Millis(0), JobState::Queued, Millis(0), 0, None), None, "a plain job stores nothing");
+        let waiting = at_insert(Millis(0), JobState::Waiting, Millis(0), 2, None).unwrap();
+        assert_eq!(decode(&waiting, Millis(5)).unwrap()[0].message.as_deref(), Some("waiting for 2 dependencies"));
     }
 
     #[test]

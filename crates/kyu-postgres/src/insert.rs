@@ -43,7 +43,7 @@ struct Rows {
     group: Vec<Option<String>>,
     finished_at: Vec<Option<SystemTime>>,
     expires_at: Vec<Option<SystemTime>>,
-    events: Vec<String>,
+    events: Vec<Option<String>>,
 }
 
 impl Rows {
@@ -60,7 +60,7 @@ impl Rows {
             Some(entry) => to_json(&[entry]),
             None => "[]".to_owned(),
         };
-        self.events.push(to_json(&at_insert(now, state, job.run_at, i64::from(pending), error.map(|e| e.message.as_str()))));
+        self.events.push(at_insert(now, state, job.run_at, i64::from(pending), error.map(|e| e.message.as_str())));
         self.id.push(job.id.to_string());
         self.queue.push(job.queue.to_string());
         self.kind.push(job.kind.clone());
@@ -113,7 +113,7 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms,
                 unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms,
                 errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms,
-                events::jsonb
+                coalesce(events::jsonb, '[]'::jsonb)
             FROM input
             ON CONFLICT (id) DO NOTHING
             RETURNING id, seq, queue, state

@@ -18,9 +18,11 @@ use crate::read::{job_id, millis, ts};
 use crate::tx::Tx;
 
 pub(crate) async fn job_events(c: &impl Conn, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
-    let row = c.query_opt("SELECT events FROM kyu_jobs WHERE id = $1", &[&id.as_str()]).await.db()?;
+    let row = c.query_opt("SELECT events::text, created_at FROM kyu_jobs WHERE id = $1", &[&id.as_str()]).await.db()?;
     let Some(row) = row else { return Err(StoreError::job_not_found(id)) };
-    serde_json::from_value(row.try_get::<_, Value>(0).db()?).map_err(|e| StoreError::Backend(e.into()))
+    let (events, created): (String, SystemTime) = (row.try_get(0).db()?, row.try_get(1).db()?);
+    kyu_core::timeline::decode(&events, millis(created))
+        .map_err(|e| StoreError::Backend(format!("unreadable events of job `{id}`: {e}").into()))
 }
 
 fn hist(v: Value) -> Result<Histogram, StoreError> {

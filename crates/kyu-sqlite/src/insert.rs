@@ -92,7 +92,6 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
     let depends_on = (!job.depends_on.is_empty()).then(|| serde_json::to_string(&job.depends_on).expect("ids serialise"));
     let tags = (!job.tags.is_empty()).then(|| serde_json::to_string(&job.tags).expect("tags serialise"));
     let events = at_insert(tx.now, state, job.run_at, pending.len() as i64, plan.error.as_ref().map(|e| e.message.as_str()));
-    let events = serde_json::to_string(&events).expect("events serialise");
     let seq: Option<i64> = tx
         .conn
         .prepare_cached(
@@ -100,7 +99,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
                timeout_ms, unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, \
                keep_result_ms, errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms, events) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-               ?22, ?23, ?24, ?25) \
+               ?22, ?23, ?24, coalesce(?25, '[]')) \
              ON CONFLICT (id) DO NOTHING RETURNING seq",
         )
         .db()?

@@ -20,12 +20,12 @@ use crate::writer::Tx;
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("kyu_event_push", 6, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
         let events: String = ctx.get(0)?;
-        let at: String = ctx.get(1)?;
+        let at = Millis::parse(&ctx.get::<String>(1)?).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
         let kind: Option<String> = ctx.get(2)?;
         let attempt: Option<i64> = ctx.get(3)?;
         let worker: Option<String> = ctx.get(4)?;
         let message: Option<String> = ctx.get(5)?;
-        timeline::push_json(&events, &at, kind.as_deref(), attempt, worker.as_deref(), message.as_deref())
+        timeline::push_json(&events, at, kind.as_deref(), attempt, worker.as_deref(), message.as_deref())
             .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
     })
 }
@@ -103,13 +103,14 @@ pub(crate) fn stats(conn: &Connection, p: &StatsParams) -> Result<Vec<StatsPoint
 }
 
 pub(crate) fn job_events(conn: &Connection, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
-    let events: Option<Json<Vec<JobEvent>>> = conn
-        .prepare_cached("SELECT events FROM kyu_jobs WHERE id = ?1")
+    let row: Option<(String, Ts)> = conn
+        .prepare_cached("SELECT events, created_at FROM kyu_jobs WHERE id = ?1")
         .db()?
-        .query_row([id.as_str()], |r| r.get(0))
+        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .db()?;
-    events.map(|e| e.0).ok_or_else(|| StoreError::job_not_found(id))
+    let (events, created) = row.ok_or_else(|| StoreError::job_not_found(id))?;
+    timeline::decode(&events, created.0).map_err(|e| StoreError::Backend(format!("unreadable events of job `{id}`: {e}").into()))
 }
 
 pub(crate) fn worker_seen(tx: &mut Tx<'_>, p: WorkerSeenParams) -> Result<(), StoreError> {

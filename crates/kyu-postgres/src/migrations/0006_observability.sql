@@ -4,18 +4,20 @@
 -- change the job and deleted with it.
 ALTER TABLE kyu_jobs ADD COLUMN events jsonb NOT NULL DEFAULT '[]';
 
--- Appends an event under kyu_core::timeline::push's rule (progress and
--- checkpoint replace one of their type right before them; past 200 events,
+-- Appends an event under kyu_core::timeline::push's rule, in its stored
+-- form [at_ms, type, attempt, worker, message] (progress and checkpoint
+-- replace one of their type right before them; past 200 events,
 -- kyu_core::timeline::MAX_EVENTS, the oldest after the first give way). A
 -- null kind appends nothing. SQLite runs the Rust function itself; the
--- conformance suite holds both to the same behaviour.
+-- conformance suite holds both to the same behaviour. A plain job's
+-- enqueue is not stored: readers add it from created_at.
 CREATE FUNCTION kyu_event_push(events jsonb, at text, kind text, attempt int, worker text, message text)
-RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN kind IS NULL THEN events ELSE (
         SELECT CASE WHEN jsonb_array_length(e) >= 200 THEN e - 1 ELSE e END
-            || jsonb_build_array(jsonb_build_object('at', at, 'type', kind, 'attempt', attempt, 'worker', worker,
-                                                    'message', message))
-        FROM (SELECT CASE WHEN kind IN ('progress', 'checkpoint') AND events -> -1 ->> 'type' = kind
+            || jsonb_build_array(jsonb_build_array((extract(epoch FROM at::timestamptz) * 1000)::int8, kind, attempt,
+                                                   worker, message))
+        FROM (SELECT CASE WHEN kind IN ('progress', 'checkpoint') AND events -> -1 ->> 1 = kind
                           THEN events - (-1) ELSE events END AS e) AS c
     ) END
 $$;
