@@ -45,6 +45,14 @@ async fn openapi_matches_the_routes() {
     let (app, _g) = app();
     for (method, path) in openapi::ROUTES {
         let concrete = path.replace("{id}", "no-such-job").replace("{queue}", "q").replace("{name}", "nightly");
+        if concrete == "/v1/events/stream" {
+            // A stream never ends: its head is what can be checked.
+            let req = Request::builder().uri(&concrete).body(Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            continue;
+        }
         let body = if *method == "get" || *method == "delete" { None } else { Some("{}") };
         let (status, v) = call(&app, method, &concrete, body).await;
         let code = v["error"]["code"].as_str().unwrap_or("");
