@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use kyu_core::claim::{QueueLimits, RateWindow, plan_claim};
 use kyu_core::tally::Happening;
 use kyu_core::transition::deadline;
-use kyu_core::{ClaimedJob, JobId, Millis, QueueName, RateLimit, new_token};
+use kyu_core::{ClaimedJob, JobId, JobState, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, StoreError};
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
@@ -79,6 +79,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, p: JobClaimParams) -> Result<ClaimResult, S
                 .execute(params![queue.as_str(), w.start.to_rfc3339(), w.used])
                 .db()?;
         }
+        tx.counted.moved(queue.as_str(), Some(JobState::Queued), JobState::Running, batch.len() as i64);
         for (seq, ((_, ready_at, _), mut job, deps)) in batch.into_iter().map(|b| ((b.0).2, b)) {
             tx.tally.add(Happening::Started {
                 id: job.id.clone(),

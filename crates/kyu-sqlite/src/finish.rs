@@ -148,6 +148,7 @@ fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<Finished>) -> Result<J
             .execute(params![h.seq, result, tx.now_str, expires.to_rfc3339()])
             .db()?;
         tx.events.push(StoreEvent::JobFinished(h.id.clone()));
+        tx.counted.moved(&h.queue, Some(JobState::Running), JobState::Completed, 1);
         tx.tally.add(h.ended(tx.now, AttemptOutcome::Completed, JobState::Completed));
         if h.has_dependents {
             completed.push(Finished { seq: h.seq, id: h.id, state: JobState::Completed });

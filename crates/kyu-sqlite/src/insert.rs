@@ -142,6 +142,7 @@ fn insert_one(tx: &mut Tx<'_>, job: NewJob, default_backoff: &str) -> Result<Ins
         return Ok(Inserted { id, state, duplicate: true });
     };
     link_dependencies(tx, seq, &pending)?;
+    tx.counted.moved(job.queue.as_str(), None, state, 1);
     tx.tally.add(Happening::Enqueued { id: job.id.clone(), queue: job.queue.clone(), kind: job.kind.clone(), state });
     if wakes_workers(state) {
         tx.events.push(StoreEvent::JobsAvailable(job.queue));

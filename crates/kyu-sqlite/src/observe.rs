@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kyu_core::tally::{Histogram, Minute, STATS_KEEP_MS, StatsPoint, Tally, WORKER_GONE_MS, WorkerInfo};
 use kyu_core::timeline::{self, JobEvent};
-use kyu_core::{JobId, Millis};
+use kyu_core::{JobId, JobState, Millis};
 use kyu_store::{StatsParams, StoreError, WorkerSeenParams};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -28,6 +28,48 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
         timeline::push_json(&events, at, kind.as_deref(), attempt, worker.as_deref(), message.as_deref())
             .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
     })
+}
+
+/// Changes to `kyu_queue_counts` for the transitions every job takes
+/// (insert, claim, completion), gathered over a group and written once per
+/// queue and state at its commit: per-row triggers cost two statements per
+/// job and transition on the writer's thread, the hot path's one thread.
+/// The triggers of migration 0006 count every other change.
+#[derive(Default)]
+pub(crate) struct Counted(BTreeMap<(String, &'static str), i64>);
+
+impl Counted {
+    /// `n` jobs of `queue` moved from `from` (None: inserted) to `to`.
+    pub fn moved(&mut self, queue: &str, from: Option<JobState>, to: JobState, n: i64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(from) = from {
+            *self.0.entry((queue.to_owned(), from.as_str())).or_default() -= n;
+        }
+        *self.0.entry((queue.to_owned(), to.as_str())).or_default() += n;
+    }
+
+    pub fn append(&mut self, other: &mut Counted) {
+        for (k, n) in std::mem::take(&mut other.0) {
+            *self.0.entry(k).or_default() += n;
+        }
+    }
+
+    pub fn write(&self, conn: &Connection) -> Result<(), StoreError> {
+        for ((queue, state), n) in &self.0 {
+            if *n != 0 {
+                conn.prepare_cached(
+                    "INSERT INTO kyu_queue_counts (queue, state, n) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (queue, state) DO UPDATE SET n = n + ?3",
+                )
+                .db()?
+                .execute(params![queue, state, n])
+                .db()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Adds a transaction's counts to its minutes' rows.

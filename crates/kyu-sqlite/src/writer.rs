@@ -20,6 +20,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::SqliteOptions;
+use crate::observe::Counted;
 use crate::error::map_err;
 
 /// Most operations folded into one transaction.
@@ -34,6 +35,8 @@ pub(crate) struct Tx<'a> {
     pub events: Vec<StoreEvent>,
     /// What this operation did, for statistics and observers.
     pub tally: Tally,
+    /// Its hot-path transitions, for the queue counts.
+    pub counted: Counted,
     pub opts: &'a SqliteOptions,
 }
 
@@ -173,8 +176,17 @@ fn run_group(
     control(conn, "BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
     let now = opts.clock.now();
     let single = group.len() == 1;
+    let mut counted = Counted::default();
     for op in group.iter_mut() {
-        let mut tx = Tx { conn, now, now_str: now.to_rfc3339(), events: Vec::new(), tally: Tally::default(), opts };
+        let mut tx = Tx {
+            conn,
+            now,
+            now_str: now.to_rfc3339(),
+            events: Vec::new(),
+            tally: Tally::default(),
+            counted: Counted::default(),
+            opts,
+        };
         // A lone operation needs no savepoint: on failure the whole
         // transaction is rolled back below, which is the same thing.
         if !single && let Err(e) = control(conn, "SAVEPOINT op") {
@@ -197,9 +209,10 @@ fn run_group(
         if ok {
             published.append(&mut tx.events);
             tally.append(&mut tx.tally);
+            counted.append(&mut tx.counted);
         }
     }
-    if let Err(e) = crate::observe::write_minutes(conn, now, tally) {
+    if let Err(e) = counted.write(conn).and_then(|_| crate::observe::write_minutes(conn, now, tally)) {
         let _ = conn.execute_batch("ROLLBACK");
         published.clear();
         tally.happenings.clear();
