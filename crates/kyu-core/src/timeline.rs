@@ -244,18 +244,104 @@ pub fn push_json(
     serde_json::to_string(&list)
 }
 
-/// A stored timeline as the API shows it, the implicit `enqueued` first.
-pub fn decode(stored: &str, created_at: Millis) -> Result<Vec<JobEvent>, serde_json::Error> {
+/// What a job's row says of it, from which the events every job has are
+/// read instead of stored: its enqueue (`created_at`), the claim of its
+/// current or last run (`started_at`, `attempt`, `worker`, while it is
+/// running or once it completed) and its completion (`finished_at`). The
+/// hot path (claim, complete) then writes no timeline bytes at all; a run
+/// that ends any other way stores its claim first ([`archive_claim_json`]).
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The job's state.
+    pub state: JobState,
+    /// When it was enqueued.
+    pub created_at: Millis,
+    /// When its current or last run was claimed.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// Its attempt number.
+    pub attempt: i32,
+    /// The worker of its current or last run.
+    pub worker: Option<String>,
+}
+
+impl Row {
+    /// The claim of the run the row describes, if it is not stored.
+    fn claim(&self) -> Option<JobEvent> {
+        let at = self.started_at?;
+        matches!(self.state, JobState::Running | JobState::Completed).then(|| JobEvent {
+            at,
+            kind: EventType::Claimed,
+            attempt: Some(self.attempt),
+            worker: self.worker.clone(),
+            message: None,
+        })
+    }
+}
+
+/// A stored timeline as the API shows it, with the events `row` implies:
+/// the enqueue first, the current run's claim in its place in time, the
+/// completion last.
+pub fn decode(stored: &str, row: &Row) -> Result<Vec<JobEvent>, serde_json::Error> {
     let raw: Vec<Stored> = serde_json::from_str(stored)?;
-    let mut out = Vec::with_capacity(raw.len() + 1);
+    let mut out = Vec::with_capacity(raw.len() + 3);
     for (at, kind, attempt, worker, message) in raw {
         let kind: EventType = serde_json::from_value(serde_json::Value::String(kind))?;
         out.push(JobEvent { at: Millis(at), kind, attempt: attempt.map(|a| a as i32), worker, message });
     }
     if out.first().is_none_or(|e| e.kind != EventType::Enqueued) {
-        out.insert(0, JobEvent { at: created_at, kind: EventType::Enqueued, attempt: None, worker: None, message: None });
+        out.insert(0, JobEvent { at: row.created_at, kind: EventType::Enqueued, attempt: None, worker: None, message: None });
+    }
+    if let Some(claim) = row.claim() {
+        let at = claim_position(&out, claim.at, Some(i64::from(row.attempt)), |e| {
+            (e.at.0, Some(e.kind.as_str()), e.attempt.map(i64::from))
+        });
+        out.insert(at, claim);
+    }
+    if row.state == JobState::Completed {
+        let at = row.finished_at.unwrap_or(row.created_at);
+        out.push(JobEvent { at, kind: EventType::Completed, attempt: Some(row.attempt), worker: row.worker.clone(), message: None });
     }
     Ok(out)
+}
+
+/// What a backend's `kyu_event_archive(events, state, started_at, attempt,
+/// worker)` does in a statement that ends a run other than by completing
+/// it: a running job's claim, implied until now, is stored (its row's
+/// `started_at` and `worker` are about to describe something else).
+pub fn archive_claim_json(
+    events: &str,
+    state: &str,
+    started_at: Option<Millis>,
+    attempt: Option<i64>,
+    worker: Option<&str>,
+) -> Result<String, serde_json::Error> {
+    let Some(started_at) = started_at.filter(|_| state == JobState::Running.as_str()) else { return Ok(events.to_owned()) };
+    let mut list: Vec<serde_json::Value> = serde_json::from_str(events)?;
+    let at = claim_position(&list, started_at, attempt, |e| (e[0].as_i64().unwrap_or(0), e[1].as_str(), e[2].as_i64()));
+    list.insert(at, serde_json::json!([started_at.0, EventType::Claimed.as_str(), attempt, worker, null]));
+    if list.len() > MAX_EVENTS {
+        list.remove(1);
+    }
+    serde_json::to_string(&list)
+}
+
+/// Where a run's claim goes in a timeline: before the events the run
+/// itself wrote (progress, checkpoint, a cancel request: of its attempt, at
+/// or after its start), which are the last ones; after everything else,
+/// even at the same millisecond.
+fn claim_position<T>(events: &[T], started_at: Millis, attempt: Option<i64>, read: impl Fn(&T) -> (i64, Option<&str>, Option<i64>)) -> usize {
+    let mut at = events.len();
+    while at > 0 {
+        let (t, kind, a) = read(&events[at - 1]);
+        let in_run = matches!(kind, Some("progress" | "checkpoint" | "cancel_requested")) && a == attempt && t >= started_at.0;
+        if !in_run {
+            break;
+        }
+        at -= 1;
+    }
+    at
 }
 
 /// What a new job's timeline holds when stored: nothing for a plain job
@@ -298,6 +384,36 @@ mod tests {
         assert_eq!(events.last().unwrap().at, Millis(1099));
     }
 
+    fn queued(created_at: Millis) -> Row {
+        Row { state: JobState::Queued, created_at, started_at: None, finished_at: None, attempt: 0, worker: None }
+    }
+
+    #[test]
+    fn the_row_implies_enqueue_current_claim_and_completion() {
+        let w = Some("w".to_owned());
+        // Attempt 1 failed (its claim stored when the run ended), attempt 2 completed.
+        let mut stored = archive_claim_json("[]", "running", Some(Millis(10)), Some(1), Some("w")).unwrap();
+        stored = push_json(&stored, Millis(50), Some("retry_scheduled"), Some(1), Some("w"), Some("boom")).unwrap();
+        assert_eq!(archive_claim_json(&stored, "queued", Some(Millis(10)), Some(1), Some("w")).unwrap(), stored, "only a run ends");
+        stored = push_json(&stored, Millis(120), Some("progress"), Some(2), Some("w"), None).unwrap();
+        let row = Row { state: JobState::Completed, created_at: Millis(1), started_at: Some(Millis(100)), finished_at: Some(Millis(200)), attempt: 2, worker: w };
+        let got: Vec<(i64, EventType, Option<i32>)> = decode(&stored, &row).unwrap().iter().map(|e| (e.at.0, e.kind, e.attempt)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, EventType::Enqueued, None),
+                (10, EventType::Claimed, Some(1)),
+                (50, EventType::RetryScheduled, Some(1)),
+                (100, EventType::Claimed, Some(2)),
+                (120, EventType::Progress, Some(2)),
+                (200, EventType::Completed, Some(2)),
+            ]
+        );
+        // A failed job's last claim was stored when its run ended: not implied twice.
+        let failed = Row { state: JobState::Failed, ..row };
+        assert_eq!(decode(&stored, &failed).unwrap().iter().filter(|e| e.kind == EventType::Claimed).count(), 1);
+    }
+
     #[test]
     fn stored_push_follows_the_same_rule() {
         let mut s = "[]".to_owned();
@@ -305,7 +421,7 @@ mod tests {
             s = push_json(&s, Millis(i), Some("progress"), Some(1), None, Some("p")).unwrap();
         }
         assert_eq!(push_json(&s, Millis(9), None, None, None, None).unwrap(), s);
-        let back = decode(&s, Millis(0)).unwrap();
+        let back = decode(&s, &queued(Millis(0))).unwrap();
         assert_eq!(back.len(), 2, "the implicit enqueue, then one progress");
         assert_eq!((back[0].kind, back[1].at), (EventType::Enqueued, Millis(4)));
         // The quick append and the full rule agree, up to the bound.
@@ -316,14 +432,14 @@ mod tests {
             fast = push_json(&fast, Millis(i), Some(kind.as_str()), Some(i), Some("w"), None).unwrap();
             push(&mut typed, JobEvent { at: Millis(i), kind, attempt: Some(i as i32), worker: Some("w".into()), message: None });
         }
-        let decoded = decode(&fast, Millis(0)).unwrap();
+        let decoded = decode(&fast, &queued(Millis(0))).unwrap();
         assert_eq!(&decoded[1..], &typed[..], "stored events after the implicit enqueue");
         // PostgreSQL's jsonb prints with spaces; the quick append copes.
         let spaced = push_json("[[1, \"claimed\", 1, \"w\", null]]", Millis(2), Some("completed"), Some(1), None, None).unwrap();
-        assert_eq!(decode(&spaced, Millis(0)).unwrap().len(), 3);
+        assert_eq!(decode(&spaced, &queued(Millis(0))).unwrap().len(), 3);
         assert_eq!(at_insert(Millis(0), JobState::Queued, Millis(0), 0, None), None, "a plain job stores nothing");
         let waiting = at_insert(Millis(0), JobState::Waiting, Millis(0), 2, None).unwrap();
-        assert_eq!(decode(&waiting, Millis(5)).unwrap()[0].message.as_deref(), Some("waiting for 2 dependencies"));
+        assert_eq!(decode(&waiting, &queued(Millis(5))).unwrap()[0].message.as_deref(), Some("waiting for 2 dependencies"));
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
             tx.c.execute(
                 "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + $2, depends_on = $3::text::jsonb, \
                  attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL, \
-                 events = kyu_event_push(events, $4::text, 'waiting', attempt, worker, $5::text) WHERE seq = $1",
+                 events = kyu_event_push(kyu_event_archive(events, state, started_at, attempt, worker), $4::text, 'waiting', attempt, worker, $5::text) \
+                 WHERE seq = $1",
                 &[
                     &parent.seq,
                     &(pending.len() as i32),

@@ -86,7 +86,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
                 let quotas = kyu_core::claim::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
                 let mut last = None;
                 for (group, n) in &quotas {
-                    let got = take(tx, &queue, "AND group_key = $8", Some(group), *n as i64, &token, &p.worker, lease).await?;
+                    let got = take(tx, &queue, "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
                     if !got.is_empty() {
                         last = Some(group.clone());
                     }
@@ -235,7 +235,7 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 
 /// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
-/// `$8` for `group`), `SKIP LOCKED`, under one token and lease.
+/// `$7` for `group`), `SKIP LOCKED`, under one token and lease.
 #[allow(clippy::too_many_arguments)]
 async fn take<C: Conn>(
     tx: &Tx<'_, C>,
@@ -255,16 +255,15 @@ async fn take<C: Conn>(
            SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' {filter} \
            ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
          UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
-           started_at = $5, lease_expires_at = $6, \
-           events = kyu_event_push(j.events, $7::text, 'claimed', j.attempt + 1, $4::text, NULL) \
+           started_at = $5, lease_expires_at = $6 \
          FROM picked WHERE j.seq = picked.seq \
          RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
            j.depends_on, j.priority, j.run_at, j.seq"
     );
     let lease_ts = ts(lease);
     let rows = match group {
-        Some(g) => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &tx.now_str, &g]).await,
-        None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &tx.now_str]).await,
+        Some(g) => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts, &g]).await,
+        None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts]).await,
     }
     .db()?;
     let mut out = Vec::with_capacity(rows.len());

@@ -178,12 +178,11 @@ pub(crate) async fn report_many<C: Conn>(
             .query(
                 "UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
                    expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
-                   lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
-                   events = kyu_event_push(j.events, $6::text, 'completed', j.attempt, j.worker, NULL) \
+                   lease_expires_at = NULL, deadline_at = NULL, token = NULL \
                  FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
                  WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
                  RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at",
-                &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results, &tx.now_str],
+                &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
             .db()?;
@@ -286,7 +285,7 @@ pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<Ending>) -> Result
                lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
                errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
                  'attempt', j.attempt, 'at', $1::text, 'message', x.error)) END, \
-               events = kyu_event_push(kyu_event_push(j.events, $1::text, x.t1, j.attempt, j.worker, x.m1), \
+               events = kyu_event_push(kyu_event_push(kyu_event_archive(j.events, j.state, j.started_at, j.attempt, j.worker), $1::text, x.t1, j.attempt, j.worker, x.m1), \
                  $1::text, x.t2, j.attempt, j.worker, x.m2) \
              FROM unnest($2::int8[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[], $7::text[], $8::text[], \
                $9::text[], $10::text[]) AS x(seq, state, run_at, give_back, error, t1, m1, t2, m2) \
@@ -320,7 +319,7 @@ pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Resu
            deadline_at = NULL, token = NULL, \
            errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
              'attempt', j.attempt, 'at', $2::text, 'message', x.error)) END, \
-           events = kyu_event_push(kyu_event_push(j.events, $2::text, x.t1, j.attempt, j.worker, x.m1), \
+           events = kyu_event_push(kyu_event_push(kyu_event_archive(j.events, j.state, j.started_at, j.attempt, j.worker), $2::text, x.t1, j.attempt, j.worker, x.m1), \
              $2::text, x.t2, j.attempt, j.worker, x.m2) \
          FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
            AS x(seq, state, expires_at, error, t1, m1, t2, m2) \

@@ -18,10 +18,25 @@ use crate::read::{job_id, millis, ts};
 use crate::tx::Tx;
 
 pub(crate) async fn job_events(c: &impl Conn, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
-    let row = c.query_opt("SELECT events::text, created_at FROM kyu_jobs WHERE id = $1", &[&id.as_str()]).await.db()?;
-    let Some(row) = row else { return Err(StoreError::job_not_found(id)) };
-    let (events, created): (String, SystemTime) = (row.try_get(0).db()?, row.try_get(1).db()?);
-    kyu_core::timeline::decode(&events, millis(created))
+    let row = c
+        .query_opt(
+            "SELECT events::text, state, created_at, started_at, finished_at, attempt, worker FROM kyu_jobs WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .db()?;
+    let Some(r) = row else { return Err(StoreError::job_not_found(id)) };
+    let events: String = r.try_get(0).db()?;
+    let state: String = r.try_get(1).db()?;
+    let row = kyu_core::timeline::Row {
+        state: state.parse().map_err(|e: String| StoreError::Backend(e.into()))?,
+        created_at: millis(r.try_get::<_, SystemTime>(2).db()?),
+        started_at: r.try_get::<_, Option<SystemTime>>(3).db()?.map(millis),
+        finished_at: r.try_get::<_, Option<SystemTime>>(4).db()?.map(millis),
+        attempt: r.try_get(5).db()?,
+        worker: r.try_get(6).db()?,
+    };
+    kyu_core::timeline::decode(&events, &row)
         .map_err(|e| StoreError::Backend(format!("unreadable events of job `{id}`: {e}").into()))
 }
 

@@ -44,7 +44,8 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
                 .prepare_cached(
                     "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + ?2, depends_on = ?3, \
                      attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL, \
-                     events = kyu_event_push(events, ?4, 'waiting', attempt, worker, ?5) WHERE seq = ?1",
+                     events = kyu_event_push(kyu_event_archive(events, state, started_at, attempt, worker), ?4, 'waiting', attempt, worker, ?5) \
+                     WHERE seq = ?1",
                 )
                 .db()?
                 .execute(params![

@@ -134,7 +134,7 @@ fn take(
     // nothing after its first use.
     let sql = format!(
         "UPDATE kyu_jobs SET state = 'running', attempt = attempt + 1, token = ?2, worker = ?3, \
-           started_at = ?4, lease_expires_at = ?5, events = kyu_event_push(events, ?4, 'claimed', attempt + 1, ?3, NULL) \
+           started_at = ?4, lease_expires_at = ?5 \
          WHERE seq IN (SELECT seq FROM kyu_jobs WHERE queue = ?1 AND state = 'queued' {filter} \
                        ORDER BY priority DESC, run_at, seq LIMIT {n}) \
          RETURNING seq, id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, \

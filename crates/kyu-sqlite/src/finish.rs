@@ -141,8 +141,7 @@ fn report(tx: &mut Tx<'_>, r: Report, completed: &mut Vec<Finished>) -> Result<J
         tx.conn
             .prepare_cached(
                 "UPDATE kyu_jobs SET state = 'completed', result = ?2, finished_at = ?3, expires_at = ?4, \
-                 lease_expires_at = NULL, deadline_at = NULL, token = NULL, \
-                 events = kyu_event_push(events, ?3, 'completed', attempt, worker, NULL) WHERE seq = ?1",
+                 lease_expires_at = NULL, deadline_at = NULL, token = NULL WHERE seq = ?1",
             )
             .db()?
             .execute(params![h.seq, result, tx.now_str, expires.to_rfc3339()])
@@ -181,7 +180,7 @@ pub(crate) fn apply(tx: &mut Tx<'_>, h: &Held, step: Step, entries: &[Entry], lo
                      deadline_at = NULL, token = NULL, \
                      errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
                        json_object('attempt', attempt, 'at', ?4, 'message', ?5)) END, \
-                     events = kyu_event_push(kyu_event_push(events, ?4, ?7, attempt, worker, ?8), ?4, ?9, attempt, worker, ?10) \
+                     events = kyu_event_push(kyu_event_push(kyu_event_archive(events, state, started_at, attempt, worker), ?4, ?7, attempt, worker, ?8), ?4, ?9, attempt, worker, ?10) \
                      WHERE seq = ?1",
                 )
                 .db()?
@@ -218,7 +217,7 @@ pub(crate) fn finish(
             "UPDATE kyu_jobs SET state = ?2, finished_at = ?3, expires_at = ?4, lease_expires_at = NULL, \
              deadline_at = NULL, token = NULL, errors = CASE WHEN ?5 IS NULL THEN errors ELSE json_insert(errors, '$[#]', \
                json_object('attempt', attempt, 'at', ?3, 'message', ?5)) END, \
-             events = kyu_event_push(kyu_event_push(events, ?3, ?6, attempt, worker, ?7), ?3, ?8, attempt, worker, ?9) \
+             events = kyu_event_push(kyu_event_push(kyu_event_archive(events, state, started_at, attempt, worker), ?3, ?6, attempt, worker, ?7), ?3, ?8, attempt, worker, ?9) \
              WHERE seq = ?1",
         )
         .db()?

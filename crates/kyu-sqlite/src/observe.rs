@@ -12,13 +12,29 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::SqlResultExt;
-use crate::read::{Json, Ts};
+use crate::read::{Json, State, Ts};
 use crate::writer::Tx;
 
 /// Registers `kyu_event_push(events, at, type, attempt, worker, message)`,
-/// which appends to a timeline by [`timeline::push_json`]'s rule.
+/// which appends to a timeline by [`timeline::push_json`]'s rule, and
+/// `kyu_event_archive(events, state, started_at, attempt, worker)`, which
+/// stores a running job's claim when its run ends
+/// ([`timeline::archive_claim_json`]).
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_scalar_function("kyu_event_push", 6, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("kyu_event_archive", 5, flags, |ctx| {
+        let events: String = ctx.get(0)?;
+        let state: String = ctx.get(1)?;
+        let started_at = match ctx.get::<Option<String>>(2)? {
+            Some(t) => Some(Millis::parse(&t).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?),
+            None => None,
+        };
+        let attempt: Option<i64> = ctx.get(3)?;
+        let worker: Option<String> = ctx.get(4)?;
+        timeline::archive_claim_json(&events, &state, started_at, attempt, worker.as_deref())
+            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    })?;
+    conn.create_scalar_function("kyu_event_push", 6, flags, |ctx| {
         let events: String = ctx.get(0)?;
         let at = Millis::parse(&ctx.get::<String>(1)?).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
         let kind: Option<String> = ctx.get(2)?;
@@ -145,14 +161,24 @@ pub(crate) fn stats(conn: &Connection, p: &StatsParams) -> Result<Vec<StatsPoint
 }
 
 pub(crate) fn job_events(conn: &Connection, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
-    let row: Option<(String, Ts)> = conn
-        .prepare_cached("SELECT events, created_at FROM kyu_jobs WHERE id = ?1")
+    let found: Option<(String, timeline::Row)> = conn
+        .prepare_cached("SELECT events, state, created_at, started_at, finished_at, attempt, worker FROM kyu_jobs WHERE id = ?1")
         .db()?
-        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([id.as_str()], |r| {
+            let row = timeline::Row {
+                state: r.get::<_, State>(1)?.0,
+                created_at: r.get::<_, Ts>(2)?.0,
+                started_at: r.get::<_, Option<Ts>>(3)?.map(|t| t.0),
+                finished_at: r.get::<_, Option<Ts>>(4)?.map(|t| t.0),
+                attempt: r.get(5)?,
+                worker: r.get(6)?,
+            };
+            Ok((r.get(0)?, row))
+        })
         .optional()
         .db()?;
-    let (events, created) = row.ok_or_else(|| StoreError::job_not_found(id))?;
-    timeline::decode(&events, created.0).map_err(|e| StoreError::Backend(format!("unreadable events of job `{id}`: {e}").into()))
+    let (events, row) = found.ok_or_else(|| StoreError::job_not_found(id))?;
+    timeline::decode(&events, &row).map_err(|e| StoreError::Backend(format!("unreadable events of job `{id}`: {e}").into()))
 }
 
 pub(crate) fn worker_seen(tx: &mut Tx<'_>, p: WorkerSeenParams) -> Result<(), StoreError> {

@@ -60,13 +60,15 @@ pub(crate) async fn report_loop<S: Store>(shared: Arc<Shared<S>>, done: Cancella
         tokio::select! {
             _ = shared.reports.ready.notified() => {}
             // Every handler has finished by now: flush what is left, then stop.
-            _ = done.cancelled() => {
+            // A refused completion comes back as a failure to send: send
+            // until nothing is left.
+            _ = done.cancelled() => loop {
                 let last = shared.reports.take();
-                if !last.is_empty() {
-                    send(&shared, last).await;
+                if last.is_empty() {
+                    return;
                 }
-                return;
-            }
+                send(&shared, last).await;
+            },
         }
         tokio::time::sleep(LINGER).await;
         let batch = shared.reports.take();

@@ -22,6 +22,36 @@ RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE AS $$
     ) END
 $$;
 
+-- Stores a running job's claim when its run ends other than by completing
+-- (kyu_core::timeline::archive_claim_json): until then the claim is the
+-- row's started_at, attempt and worker, so claims and completions, every
+-- job's hot path, write no timeline bytes. It goes before what the run
+-- itself wrote (progress, checkpoint, a cancel request).
+CREATE FUNCTION kyu_event_archive(events jsonb, state text, started_at timestamptz, attempt int, worker text)
+RETURNS jsonb LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    start_ms int8;
+    at int;
+    e jsonb;
+BEGIN
+    IF state IS DISTINCT FROM 'running' OR started_at IS NULL THEN
+        RETURN events;
+    END IF;
+    start_ms := (extract(epoch FROM started_at) * 1000)::int8;
+    at := jsonb_array_length(events);
+    WHILE at > 0 LOOP
+        e := events -> (at - 1);
+        EXIT WHEN NOT coalesce(e ->> 1 IN ('progress', 'checkpoint', 'cancel_requested')
+                               AND (e -> 2) = to_jsonb(attempt) AND (e ->> 0)::int8 >= start_ms, false);
+        at := at - 1;
+    END LOOP;
+    events := jsonb_insert(events, ARRAY[at::text], jsonb_build_array(start_ms, 'claimed', attempt, worker, NULL::text));
+    IF jsonb_array_length(events) > 200 THEN
+        events := events - 1;
+    END IF;
+    RETURN events;
+END $$;
+
 -- Jobs per queue and state, O(queues) to read however much history is
 -- retained. Statement triggers append each statement's net change to
 -- kyu_queue_count_deltas (insert-only: concurrent transactions never wait
