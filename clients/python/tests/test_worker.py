@@ -289,3 +289,31 @@ def test_sigkilled_worker_jobs_complete_once_elsewhere(
         assert len(finishers) == 1, f"{j.id} ran to its end once: {finishers}"
         if j.id in held:
             assert j.result["pid"] != doomed.pid and any("lease expired" in e.message for e in j.errors), j
+
+
+def test_a_lost_lease_ends_the_handlers_writes(client: kyu.Client, server: Server, q: str) -> None:
+    worker = kyu.Worker(server.url, queues=[q], concurrency=1, poll=1, lease=0.3)
+
+    async def no_heartbeats() -> None:
+        await asyncio.Event().wait()
+
+    worker._heartbeater = no_heartbeats  # type: ignore[method-assign]  # the first run's lease runs out
+    seen: list[str] = []
+
+    @worker.task("slow")
+    def slow(payload: Any, ctx: kyu.Context) -> Any:
+        if ctx.attempt == 1:
+            wait_until(lambda: client.get(ctx.job_id).state != "running", what="the lease to expire")
+            try:
+                ctx.save_checkpoint({"from": "the first run"})
+            except kyu.LeaseLost:
+                seen.append("lost")
+                raise
+        return ctx.checkpoint
+
+    job = client.enqueue(q, "slow", backoff={"kind": "fixed", "delay_ms": 10})
+    with running(worker):
+        done = finished(client, job.id)
+    assert seen == ["lost"], "the stale write was refused and ended the handler"
+    assert done.state == "completed" and done.attempt == 2 and done.result is None
+    assert done.errors[0].message == "lease expired"

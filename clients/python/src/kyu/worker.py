@@ -611,12 +611,14 @@ class Worker:
                     self._queue_report(report, run)
                     run.lost = True  # already reported
                 await asyncio.wait({fut})
+                _retrieve(fut)
                 return None
             return _fail(run, "timeout", None, True)
         return self._outcome(run, fut)
 
     def _outcome(self, run: _Run, fut: asyncio.Future[Any]) -> Optional[dict[str, Any]]:
         if run.lost:
+            _retrieve(fut)  # its outcome is dropped: another worker owns the job
             return None
         if fut.cancelled():
             why = run.cancel_reason or "cancelled"
@@ -772,6 +774,13 @@ def _fail(run: _Run, error: str, retry_in_ms: Optional[int], retry: bool) -> dic
     if not retry:
         report["retry"] = False
     return report
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Marks a finished handler's exception as seen (asyncio complains of
+    one never retrieved) when its outcome is not reported."""
+    if fut.done() and not fut.cancelled():
+        fut.exception()
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
