@@ -292,7 +292,8 @@ def test_sigkilled_worker_jobs_complete_once_elsewhere(
 
 
 def test_a_lost_lease_ends_the_handlers_writes(client: kyu.Client, server: Server, q: str) -> None:
-    worker = kyu.Worker(server.url, queues=[q], concurrency=1, poll=1, lease=0.3)
+    # No prefetch: the job must not be claimed again while its first run still waits.
+    worker = kyu.Worker(server.url, queues=[q], concurrency=1, poll=1, lease=0.3, prefetch=0)
 
     async def no_heartbeats() -> None:
         await asyncio.Event().wait()
@@ -317,3 +318,22 @@ def test_a_lost_lease_ends_the_handlers_writes(client: kyu.Client, server: Serve
     assert seen == ["lost"], "the stale write was refused and ended the handler"
     assert done.state == "completed" and done.attempt == 2 and done.result is None
     assert done.errors[0].message == "lease expired"
+
+
+def test_stop_gives_prefetched_jobs_back_at_once(client: kyu.Client, server: Server, q: str) -> None:
+    worker = kyu.Worker(server.url, queues=[q], concurrency=1, prefetch=2, poll=1)
+    started = threading.Event()
+
+    @worker.task("slow")
+    def slow(payload: Any, ctx: kyu.Context) -> Any:
+        started.set()
+        time.sleep(0.5)
+        return "done"
+
+    ids = client.enqueue_many([{"queue": q, "kind": "slow"} for _ in range(3)])
+    with running(worker):
+        assert started.wait(20)
+        wait_until(lambda: sum(client.get(i).state == "running" for i in ids) == 3, what="two more jobs prefetched")
+    jobs = [client.get(i) for i in ids]
+    assert sorted(j.state for j in jobs) == ["completed", "queued", "queued"], jobs
+    assert all(j.attempt == 0 for j in jobs if j.state == "queued"), "a prefetched job spends no attempt"

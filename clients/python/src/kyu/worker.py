@@ -11,6 +11,7 @@ so handlers (or their steps, see `Context.step`) should be idempotent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -363,7 +364,11 @@ class Worker:
     or a server URL. ``lease`` is how long a claim holds a job between
     heartbeats; ``poll`` how long one claim waits on the server for work;
     ``shutdown_grace`` how long `stop` lets running jobs finish before it
-    gives them back to the queue."""
+    gives them back to the queue. ``prefetch`` jobs (default: as many as
+    ``concurrency``) are claimed ahead of free slots, so the next ones are
+    here when a handler returns (Celery's prefetch; ``0`` claims only into
+    free slots); they are heartbeated while they wait, and given back at
+    once by `stop`. ``batch`` caps one claim (default ``concurrency``)."""
 
     def __init__(
         self,
@@ -376,6 +381,7 @@ class Worker:
         poll: Seconds = 5,
         shutdown_grace: Seconds = 30,
         batch: Optional[int] = None,
+        prefetch: Optional[int] = None,
         max_jobs: Optional[int] = None,
         burst: bool = False,
     ) -> None:
@@ -391,6 +397,7 @@ class Worker:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
         self.batch = min(batch or concurrency, 1000)
+        self.prefetch = concurrency if prefetch is None else max(0, prefetch)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.lease_ms = to_ms(lease, "lease")
         self.poll_ms = min(to_ms(poll, "poll"), calls.MAX_WAIT_MS)
@@ -410,6 +417,8 @@ class Worker:
         self._dirty_wake: Optional[asyncio.Event] = None
         self._busy = 0
         self._started = 0
+        #: Claimed, waiting for a free slot (prefetched).
+        self._waiting: collections.deque[_Run] = collections.deque()
         self._threads: Optional[_Threads] = None
 
     def task(self, kind: str) -> Callable[[Handler], Handler]:
@@ -484,7 +493,7 @@ class Worker:
     # Claiming.
 
     def _free(self) -> int:
-        free = self.concurrency - self._busy
+        free = self.concurrency + self.prefetch - self._busy - len(self._waiting)
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self._started)
         return max(0, min(free, self.batch))
@@ -518,22 +527,42 @@ class Worker:
                 return
             for j in jobs:
                 self._start(j)
-            if self.burst and not jobs and self._busy == 0:
+            if self.burst and not jobs and self._busy == 0 and not self._waiting:
                 log.info("worker %s: no job ready and none running; burst done", self.name)
                 return
 
     def _start(self, claimed: Mapping[str, Any]) -> None:
         run = _Run(self, claimed)
         self._runs[run.id] = run
-        self._busy += 1
         self._started += 1
+        if self._busy < self.concurrency:
+            self._launch(run)
+        else:
+            self._waiting.append(run)
+
+    def _launch(self, run: _Run) -> None:
+        self._busy += 1
         run.task = asyncio.create_task(self._execute(run))
 
+    def _release(self, run: _Run) -> None:
+        """Gives a job back to its queue now, without spending its attempt."""
+        self._queue_report({"outcome": "snooze", "id": run.id, "token": run.token, "delay_ms": 0}, None)
+        run.lost = True  # its outcome, if any, is no longer ours to report
+
     async def _drain(self) -> None:
-        """After the claimer stopped: let running jobs finish within the
-        grace, then give back the rest."""
+        """After the claimer stopped: on `stop`, give back the prefetched
+        jobs, let running ones finish within the grace, then give back the
+        rest; at the end of a burst or of ``max_jobs``, run them all."""
         assert self._stopping is not None
-        running = [r.task for r in self._runs.values() if r.task is not None]
+        if not self._stopping.is_set():
+            while True:
+                busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+                if not busy:
+                    return
+                await asyncio.wait(busy)
+        while self._waiting:
+            self._release(self._waiting.popleft())
+        running = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
         if not running:
             return
         grace = self.shutdown_grace if self._stopping.is_set() else None
@@ -543,8 +572,7 @@ class Worker:
         for run in list(self._runs.values()):
             if run.task in pending:
                 run.cancel("shutdown")
-                self._queue_report({"outcome": "snooze", "id": run.id, "token": run.token, "delay_ms": 0}, None)
-                run.lost = True  # its outcome, if any, is no longer ours to report
+                self._release(run)
                 log.info("job %s given back to its queue at shutdown", run.id)
                 self._cancel_task(run)
 
@@ -574,7 +602,9 @@ class Worker:
         finally:
             self._busy -= 1
             self.processed += 1
-            assert self._slot_freed is not None
+            assert self._slot_freed is not None and self._stopping is not None
+            if self._waiting and not self._stopping.is_set():
+                self._launch(self._waiting.popleft())
             self._slot_freed.set()
 
     async def _call(self, run: _Run, handler: Handler) -> Optional[dict[str, Any]]:
