@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -56,11 +56,25 @@ def pool(server: Server, workdir: Path) -> Iterator[str]:
     assert proc.wait(30) == 0, "the worker pool stops cleanly on SIGTERM"
 
 
-def dags_test(home: Path, server: Server, queue: str, dag_id: str) -> tuple[int, dict[str, Any], str]:
+def dags_test(
+    home: Path, server: Server, queue: str, dag_id: str, on_deferred: Optional[Callable[[], None]] = None
+) -> tuple[int, dict[str, Any], str]:
+    """``airflow dags test DAG``; ``on_deferred`` runs once a task defers."""
     host, port = server.url.rsplit(":", 1)
     conn = json.dumps({"conn_type": "kyu", "host": host, "port": int(port)})
     env = airflow_env(home, {"AIRFLOW_CONN_KYU_DEFAULT": conn, "KYU_EXAMPLE_QUEUE": queue, "KYU_EXAMPLE_JOBS": "20"})
-    run = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.Popen(
+        [AIRFLOW, "dags", "test", dag_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if on_deferred is not None and "as DEFERRED" in line:
+            on_deferred()
+            on_deferred = None
+    proc.wait(300)
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), "")
     read = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("airflow_run.py")), dag_id],
         env=env,
@@ -85,7 +99,9 @@ def test_provider_is_registered(airflow_home: Path) -> None:
 def test_controller_dag_enqueues_and_its_sensor_waits_for_the_pool(
     airflow_home: Path, server: Server, pool: str, client: kyu.Client
 ) -> None:
-    rc, run, log = dags_test(airflow_home, server, pool, "kyu_controller")
+    # The pool waits until the sensor has deferred, so the wait is the triggerer's.
+    client.pause(pool)
+    rc, run, log = dags_test(airflow_home, server, pool, "kyu_controller", on_deferred=lambda: client.resume(pool))
     assert rc == 0 and run["state"] == "success", log[-4000:]
     ids = run["tasks"]["enqueue"]["xcom"]
     assert (
@@ -94,7 +110,7 @@ def test_controller_dag_enqueues_and_its_sensor_waits_for_the_pool(
     results = run["tasks"]["wait"]["xcom"]
     assert [r["image"] for r in results] == [f"img-{i}.png" for i in range(20)]
     assert all(client.get(i).state == "completed" for i in ids)
-    assert "DEFERRED" in log, "the sensor waited in the triggerer"
+    assert "as DEFERRED" in log, "the sensor waited in the triggerer"
 
 
 def test_a_failed_job_fails_the_sensor_task(airflow_home: Path, server: Server, pool: str, client: kyu.Client) -> None:
