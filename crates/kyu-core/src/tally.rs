@@ -149,7 +149,37 @@ pub struct Change {
     pub at: Millis,
 }
 
+/// A running job as a backend reads it when its attempt ends.
+#[derive(Clone, Copy, Debug)]
+pub struct Running<'a> {
+    /// The job.
+    pub id: &'a JobId,
+    /// Its queue, as stored.
+    pub queue: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// The attempt that ends.
+    pub attempt: i32,
+    /// When that attempt was claimed.
+    pub started_at: Option<Millis>,
+}
+
 impl Happening {
+    /// `job`'s attempt ended at `now` with `outcome`, leaving it in `state`;
+    /// its run time is counted from its claim.
+    pub fn ended(job: Running<'_>, now: Millis, outcome: AttemptOutcome, state: JobState) -> Happening {
+        Happening::Ended {
+            id: job.id.clone(),
+            // Stored names were validated on the way in.
+            queue: QueueName::new(job.queue).unwrap_or_default(),
+            kind: job.kind.to_owned(),
+            attempt: job.attempt,
+            outcome,
+            state,
+            run_ms: job.started_at.map_or(0, |s| (now.0 - s.0).max(0)),
+        }
+    }
+
     /// The change this stands for, at `at`.
     pub fn change(&self, at: Millis) -> Change {
         let (id, queue, kind, state, attempt) = match self {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use kyu_core::dependency::{Settled, settle};
-use kyu_core::tally::{AttemptOutcome, Happening, outcome};
+use kyu_core::tally::{AttemptOutcome, Happening, Running, outcome};
 use kyu_core::timeline::{self, Entry, EventType};
 use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
@@ -55,15 +55,8 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
 impl Held {
     /// What ending this attempt with `outcome`, leaving the job in `state`, counts as.
     pub fn ended(&self, now: Millis, outcome: AttemptOutcome, state: JobState) -> Happening {
-        Happening::Ended {
-            id: self.id.clone(),
-            queue: queue_name(&self.queue),
-            kind: self.kind.clone(),
-            attempt: self.attempt.attempt,
-            outcome,
-            state,
-            run_ms: self.started_at.map_or(0, |s| (now.0 - s.0).max(0)),
-        }
+        let job = Running { id: &self.id, queue: &self.queue, kind: &self.kind, attempt: self.attempt.attempt, started_at: self.started_at };
+        Happening::ended(job, now, outcome, state)
     }
 }
 
