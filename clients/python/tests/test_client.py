@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -277,3 +280,20 @@ def test_idempotent_calls_ride_out_a_server_that_is_not_up_yet(workdir: Path, q:
         finally:
             starter.join()
             s.stop()
+
+
+def test_python_m_kyu_enqueue(server: Server, q: str) -> None:
+    def kyu_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KYU_")}
+        return subprocess.run([sys.executable, "-m", "kyu", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    out = kyu_cli("enqueue", q, "k", '{"a": 1}', "--id", f"{q}-cli", "--delay", "60", "--url", server.url)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert (job["id"], job["payload"], job["state"]) == (f"{q}-cli", {"a": 1}, "scheduled")
+    bad = kyu_cli("--url", server.url, "enqueue", q, "k", "not json")
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+    late = kyu_cli("enqueue", q, "k", "--url", server.url, "--wait", "0.2")
+    assert late.returncode == 1 and "still queued" in late.stderr
+    down = kyu_cli("enqueue", q, "k", "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "set KYU_URL" in down.stderr

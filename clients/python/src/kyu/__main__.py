@@ -33,16 +33,21 @@ def _load(target: str) -> Worker:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kyu", description=__doc__)
-    parser.add_argument("--url", help="the kyu server (default: KYU_URL, else http://127.0.0.1:7700)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    # The global options are taken before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help="the kyu server (default: KYU_URL, else http://127.0.0.1:7700)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="python -m kyu", description=__doc__, parents=[common])
+    parser.set_defaults(url=None, verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run a kyu.Worker until SIGTERM")
+    w = sub.add_parser("worker", help="run a kyu.Worker until SIGTERM", parents=[common])
     w.add_argument("target", metavar="MODULE:WORKER")
     w.add_argument("--concurrency", type=int, help="override the worker's concurrency")
     w.add_argument("--burst", action="store_true", help="exit once no job is ready and none is running")
     w.add_argument("--max-jobs", type=int, help="exit after this many jobs")
-    e = sub.add_parser("enqueue", help="enqueue one job and print it as JSON")
+    e = sub.add_parser("enqueue", help="enqueue one job and print it as JSON", parents=[common])
     e.add_argument("queue")
     e.add_argument("kind")
     e.add_argument("payload", nargs="?", help="JSON (default: null)")

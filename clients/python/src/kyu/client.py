@@ -97,7 +97,10 @@ class _Settings:
 
 
 def _transport_error(call: Call[Any], url: str, e: Exception) -> TransportError:
-    return TransportError(f"{call.method} {url}{call.path}: {type(e).__name__}: {e}")
+    hint = ""
+    if isinstance(e, httpx.ConnectError) and "CERTIFICATE" not in str(e):
+        hint = " (is kyu server running there? give the URL, or set KYU_URL)"
+    return TransportError(f"{call.method} {url}{call.path}: {type(e).__name__}: {e}{hint}")
 
 
 def _tree(flow: FlowTree) -> dict[str, Any]:
