@@ -33,5 +33,12 @@ pub async fn fresh_store_at(url: &str) -> (PgStore, String) {
     let schema = format!("kyu_t_{}", uuid::Uuid::now_v7().simple());
     let opts = PgOptions { clock: Clock::manual(), schema: Some(schema.clone()), pool_size: 8, ..PgOptions::default() };
     let store = PgStore::connect(url, opts).await.expect("connect to the test PostgreSQL");
+    // The LISTEN connection comes up on its own task; a test that waits for
+    // an event must not race it (a TLS handshake under load takes a while).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !store.is_listening() {
+        assert!(std::time::Instant::now() < deadline, "the LISTEN connection did not come up in 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     (store, schema)
 }
