@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, TypeVar
 from urllib.parse import quote
 
 from ._model import (
@@ -19,7 +19,6 @@ from ._model import (
     LogLine,
     Queue,
     Schedule,
-    Seconds,
     WorkerInfo,
     format_time,
     to_ms,
@@ -342,7 +341,3 @@ def children(job_id: str, token: str, specs: Sequence[dict[str, Any]], wait: boo
 
 def hello(worker: dict[str, Any]) -> Call[None]:
     return Call("POST", "/v1/workers", _none, body=worker, idempotent=True)
-
-
-def seconds_ms(value: Union[Seconds, None], name: str, default_ms: int) -> int:
-    return default_ms if value is None else to_ms(value, name)

@@ -523,7 +523,7 @@ class Worker:
             if self._stopping.is_set():
                 # Claimed while stopping: give them straight back.
                 for j in jobs:
-                    self._queue_report({"outcome": "snooze", "id": j["id"], "token": j["token"], "delay_ms": 0}, None)
+                    self._give_back(j["id"], j["token"])
                 return
             for j in jobs:
                 self._start(j)
@@ -546,7 +546,7 @@ class Worker:
 
     def _release(self, run: _Run) -> None:
         """Gives a job back to its queue now, without spending its attempt."""
-        self._queue_report({"outcome": "snooze", "id": run.id, "token": run.token, "delay_ms": 0}, None)
+        self._give_back(run.id, run.token)
         run.lost = True  # its outcome, if any, is no longer ours to report
 
     async def _drain(self) -> None:
@@ -593,7 +593,7 @@ class Worker:
             if report is not None and not run.lost:
                 await run.flush()
                 if not run.lost:
-                    self._queue_report(report, run)
+                    self._queue_report(report)
                     return
             self._forget(run)
         except Exception:
@@ -638,7 +638,7 @@ class Worker:
                 report = _fail(run, "timeout", None, True)
                 if not run.lost:
                     await run.flush()
-                    self._queue_report(report, run)
+                    self._queue_report(report)
                     run.lost = True  # already reported
                 await asyncio.wait({fut})
                 _retrieve(fut)
@@ -681,7 +681,11 @@ class Worker:
 
     # Reports, heartbeats, progress and log, presence.
 
-    def _queue_report(self, report: dict[str, Any], run: Optional[_Run]) -> None:
+    def _give_back(self, job_id: str, token: str) -> None:
+        """A snooze of 0: the job is queued again with its attempt given back."""
+        self._queue_report({"outcome": "snooze", "id": job_id, "token": token, "delay_ms": 0})
+
+    def _queue_report(self, report: dict[str, Any]) -> None:
         self._reports.append(report)
         assert self._reports_wake is not None
         self._reports_wake.set()
