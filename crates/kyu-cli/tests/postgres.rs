@@ -6,7 +6,10 @@ use crate::support::{Kyu, heavy, terminate};
 
 /// Four worker processes share 10,000 jobs; one is SIGKILLed midway. Every
 /// job completes, none is lost, and only the killed worker's in-flight jobs
-/// ran twice (their lost attempt counted as "lease expired").
+/// ran twice (their lost attempt counted as "lease expired"): those running
+/// and those finished whose reports had not committed yet (at most two
+/// claims' worth, riding with the claims in flight). Jobs it held ahead but
+/// had not started run once, elsewhere.
 #[test]
 fn four_workers_ten_thousand_jobs_one_killed() {
     let _heavy = heavy();
@@ -44,7 +47,7 @@ fn four_workers_ten_thousand_jobs_one_killed() {
     }
     assert_eq!(runs.len(), n as usize, "every job ran");
     let twice: Vec<&String> = runs.iter().filter(|(_, c)| **c > 1).map(|(id, _)| id).collect();
-    assert!(twice.len() <= 4, "only the killed worker's in-flight jobs ran again: {twice:?}");
+    assert!(twice.len() <= 3 * 4, "only the killed worker's in-flight jobs ran again: {twice:?}");
     for id in twice {
         let job = k.job(id);
         assert_eq!(job["state"], "completed");

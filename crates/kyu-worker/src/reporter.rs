@@ -20,6 +20,10 @@ use crate::run::Shared;
 
 /// How long the reporter leaves reports for the claim loop to carry.
 const LINGER: Duration = Duration::from_millis(2);
+/// The same while the claim loop is busy claiming (a backlog): its next
+/// claim goes out within a few milliseconds and carries them, one
+/// transaction for both.
+const LINGER_CLAIMING: Duration = Duration::from_millis(20);
 /// Attempts at a batch the store could not take (busy, unreachable) before
 /// leaving those jobs to lease expiry, which retries them.
 const MAX_TRIES: u32 = 12;
@@ -70,7 +74,8 @@ pub(crate) async fn report_loop<S: Store>(shared: Arc<Shared<S>>, done: Cancella
                 send(&shared, last).await;
             },
         }
-        tokio::time::sleep(LINGER).await;
+        let claiming = shared.claiming.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(if claiming { LINGER_CLAIMING } else { LINGER }).await;
         let batch = shared.reports.take();
         if !batch.is_empty() {
             send(&shared, batch).await;

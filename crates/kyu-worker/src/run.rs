@@ -30,6 +30,13 @@ pub(crate) struct Shared<S> {
     /// Set when the shutdown grace period runs out: handlers are aborted and
     /// their jobs released.
     hard_stop: CancellationToken,
+    /// A handler finished and freed its slot.
+    freed: tokio::sync::Notify,
+    /// Handlers' recent run time, microseconds (a moving average; `u64::MAX`
+    /// until one has finished): how far ahead claims may go.
+    run_avg_us: std::sync::atomic::AtomicU64,
+    /// The claim loop has a backlog to claim: reports can wait for its next claim.
+    pub claiming: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Running {
@@ -56,6 +63,9 @@ impl<S: Store> Worker<S> {
             running: Mutex::new(HashMap::new()),
             reports: reporter::Reports::default(),
             hard_stop: CancellationToken::new(),
+            freed: tokio::sync::Notify::new(),
+            run_avg_us: std::sync::atomic::AtomicU64::new(u64::MAX),
+            claiming: std::sync::atomic::AtomicBool::new(false),
         });
         let background = CancellationToken::new();
         let reporter = tokio::spawn(reporter::report_loop(shared.clone(), background.clone()));
@@ -137,100 +147,176 @@ enum End {
     Done,
 }
 
+/// Claims at the store at once: while one is on its way, the next can go,
+/// so a worker is not held to one round trip per batch.
+const CLAIMS_IN_FLIGHT: usize = 2;
+
+/// Jobs are claimed ahead of free slots only as far as they would start
+/// within this, judging by how long handlers have been taking: a job held
+/// in the worker is claimed (its time limit running) but not started.
+const PREFETCH_WAIT: Duration = Duration::from_millis(50);
+
+/// A claim that came back from the store.
+struct Claimed {
+    reports: Vec<Report>,
+    asked: usize,
+    result: Result<(Vec<Result<kyu_store::JobState, kyu_store::StoreError>>, kyu_store::ClaimResult), kyu_store::StoreError>,
+}
+
+/// How many jobs to hold beyond the handlers' slots: none until handlers
+/// have shown they are short; then as many as start within [`PREFETCH_WAIT`],
+/// at most `prefetch`.
+fn prefetch_allowance<S>(shared: &Shared<S>) -> usize {
+    let cfg = &shared.config;
+    let avg_us = shared.run_avg_us.load(std::sync::atomic::Ordering::Relaxed);
+    let most = cfg.prefetch.unwrap_or(cfg.concurrency);
+    if most == 0 || avg_us == u64::MAX {
+        return 0;
+    }
+    let starts = PREFETCH_WAIT.as_micros() as u64 * cfg.concurrency as u64 / avg_us.max(1);
+    (starts as usize).min(most)
+}
+
+/// Claims into free slots (and, while the queue has a backlog and handlers
+/// are short, a little ahead of them), up to [`CLAIMS_IN_FLIGHT`] claims at
+/// once, each carrying the reports that finished since the last; starts
+/// held jobs as slots free. Returns once told to stop (jobs held but not
+/// started are given back, attempt not spent) or done.
 async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, shutdown: &CancellationToken) -> End {
     let cfg = &shared.config;
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let mut events = shared.store.subscribe();
     let mut error_pause = Duration::from_millis(50);
     let mut claimed_total: u64 = 0;
+    let mut held: std::collections::VecDeque<(ClaimedJob, CancellationToken)> = std::collections::VecDeque::new();
+    let mut inflight: tokio::task::JoinSet<Claimed> = tokio::task::JoinSet::new();
+    let mut asked_inflight = 0usize;
+    // Set when a claim came back short (nothing more ready) or failed: no
+    // claim goes out until news arrives or `idle_until` passes.
+    let mut idle = false;
+    let mut idle_until = tokio::time::Instant::now();
     loop {
-        let left = cfg.max_jobs.map(|m| m.saturating_sub(claimed_total));
-        if left == Some(0) {
-            return End::Done;
-        }
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return End::Shutdown,
-            p = slots.clone().acquire_owned() => p.expect("slots are never closed"),
-        };
-        let mut permits = vec![first];
-        // Handlers that finish together free their slots a few microseconds
-        // apart; one yield lets them all land, so this claim (and the reports
-        // it carries) covers a batch rather than one job at a time.
-        if slots.available_permits() + 1 < cfg.batch {
-            tokio::task::yield_now().await;
-        }
-        let batch = left.map_or(cfg.batch, |l| cfg.batch.min(l as usize));
-        while permits.len() < batch {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        let asked = permits.len();
-        let params = JobClaimParams {
-            queues: cfg.queues.clone(),
-            worker: cfg.name.clone(),
-            max: asked,
-            lease_ms: cfg.lease.as_millis() as i64,
-        };
-        // Finished jobs' reports ride along with the claim.
-        let reports = shared.reports.take();
-        let claimed = match shared.store.job_report_and_claim(reports.clone(), params).await {
-            Ok((reported, c)) => {
-                reporter::settle(shared, &reports, reported);
-                error_pause = Duration::from_millis(50);
-                c
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "claim failed; retrying in {error_pause:?}");
-                shared.reports.put_back(reports);
-                drop(permits);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return End::Shutdown,
-                    _ = tokio::time::sleep(error_pause) => {}
-                }
-                error_pause = (error_pause * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let got = claimed.jobs.len();
-        claimed_total += got as u64;
-        for job in claimed.jobs {
-            let permit = permits.pop().expect("never more jobs than permits");
-            let cancel = CancellationToken::new();
-            let entry = Running { token: job.token.clone(), lease_expires_at: job.lease_expires_at, cancel: cancel.clone(), reported: false };
-            shared.running.lock().expect("running map").insert(job.id.clone(), entry);
+        while !held.is_empty() {
+            let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+            let (job, cancel) = held.pop_front().expect("not empty");
             tracker.spawn(run_job(shared.clone(), job, cancel, permit));
         }
-        drop(permits);
-        if got == asked {
-            continue;
+        let left = cfg.max_jobs.map(|m| m.saturating_sub(claimed_total + asked_inflight as u64));
+        let stopping = shutdown.is_cancelled() || left == Some(0);
+        if stopping && inflight.is_empty() {
+            if shutdown.is_cancelled() {
+                give_back(shared, held);
+                return End::Shutdown;
+            }
+            if held.is_empty() {
+                return End::Done;
+            }
         }
         // Nothing more is ready: a burst worker is done once its last jobs are.
-        if cfg.burst && got == 0 && tracker.is_empty() && shared.reports.is_empty() {
+        if cfg.burst && idle && inflight.is_empty() && held.is_empty() && tracker.is_empty() && shared.reports.is_empty() {
             return End::Done;
         }
-        // Fewer jobs than free slots: wait for news. Events that arrived
-        // during the claim count, so none is missed between claim and wait.
-        if drain_relevant(&mut events, &cfg.queues) {
-            continue;
+        shared.claiming.store(!stopping && !idle, std::sync::atomic::Ordering::Relaxed);
+        if !stopping && !idle && inflight.len() < CLAIMS_IN_FLIGHT {
+            let running = cfg.concurrency - slots.available_permits();
+            let capacity = cfg.concurrency + prefetch_allowance(shared);
+            let mut want = capacity.saturating_sub(running + held.len() + asked_inflight).min(cfg.batch);
+            if let Some(l) = left {
+                want = want.min(l as usize);
+            }
+            // A second claim waits until it is worth a round trip.
+            let worth = if inflight.is_empty() { 1 } else { (cfg.batch / 2).max(1) };
+            if want >= worth {
+                let params = JobClaimParams {
+                    queues: cfg.queues.clone(),
+                    worker: cfg.name.clone(),
+                    max: want,
+                    lease_ms: cfg.lease.as_millis() as i64,
+                };
+                // Finished jobs' reports ride along with the claim.
+                let reports = shared.reports.take();
+                let store = shared.store.clone();
+                asked_inflight += want;
+                inflight.spawn(async move {
+                    let result = store.job_report_and_claim(reports.clone(), params).await;
+                    Claimed { reports, asked: want, result }
+                });
+                continue;
+            }
         }
-        let mut wait = cfg.poll_interval;
-        if let Some(at) = claimed.next_run_at {
-            let until = (at.0 - shared.store.clock().now().0).max(0) as u64;
-            wait = wait.min(Duration::from_millis(until));
-        }
-        if cfg.burst {
-            // Look again as soon as a running job finishes (its report rides
-            // with the next claim) or anything becomes ready.
-            wait = wait.min(Duration::from_millis(50));
-        }
+        let idle_wait = idle && inflight.is_empty() && !stopping;
         tokio::select! {
-            _ = shutdown.cancelled() => return End::Shutdown,
-            _ = tokio::time::sleep(wait) => {}
-            _ = next_relevant(&mut events, &cfg.queues) => {}
+            biased;
+            _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                let Ok(done) = done else { continue };
+                asked_inflight -= done.asked;
+                match done.result {
+                    Ok((reported, c)) => {
+                        reporter::settle(shared, &done.reports, reported);
+                        error_pause = Duration::from_millis(50);
+                        let got = c.jobs.len();
+                        claimed_total += got as u64;
+                        for job in c.jobs {
+                            let cancel = CancellationToken::new();
+                            let entry = Running {
+                                token: job.token.clone(),
+                                lease_expires_at: job.lease_expires_at,
+                                cancel: cancel.clone(),
+                                reported: false,
+                            };
+                            shared.running.lock().expect("running map").insert(job.id.clone(), entry);
+                            held.push_back((job, cancel));
+                        }
+                        if got < done.asked {
+                            // Events that arrived during the claim count, so
+                            // none is missed between claim and wait.
+                            idle = !drain_relevant(&mut events, &cfg.queues);
+                            let mut wait = cfg.poll_interval;
+                            if let Some(at) = c.next_run_at {
+                                let until = (at.0 - shared.store.clock().now().0).max(0) as u64;
+                                wait = wait.min(Duration::from_millis(until));
+                            }
+                            if cfg.burst {
+                                // Look again as soon as a running job finishes
+                                // (its report rides with the next claim) or
+                                // anything becomes ready.
+                                wait = wait.min(Duration::from_millis(50));
+                            }
+                            idle_until = tokio::time::Instant::now() + wait;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed; retrying in {error_pause:?}");
+                        shared.reports.put_back(done.reports);
+                        idle = true;
+                        idle_until = tokio::time::Instant::now() + error_pause;
+                        error_pause = (error_pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            _ = shared.freed.notified() => {
+                // Handlers that finish together free their slots a few
+                // microseconds apart; one yield lets them all land, so the
+                // next claim (and the reports it carries) covers a batch.
+                if slots.available_permits() + 1 < cfg.batch {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_until), if idle_wait => idle = false,
+            _ = next_relevant(&mut events, &cfg.queues), if idle_wait => idle = false,
         }
+    }
+}
+
+/// Jobs claimed but not started when the worker stops go back to their
+/// queue at once, the attempt not spent, for another worker to take.
+fn give_back<S>(shared: &Shared<S>, held: std::collections::VecDeque<(ClaimedJob, CancellationToken)>) {
+    for (job, _) in held {
+        if let Some(r) = shared.running.lock().expect("running map").get_mut(&job.id) {
+            r.reported = true;
+        }
+        shared.reports.push(Report { id: job.id, token: job.token, outcome: Outcome::Snooze { delay_ms: 0 } });
     }
 }
 
@@ -268,6 +354,7 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
     let token = job.token.clone();
     let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
     let handler = shared.handlers.0.get(&job.kind).or(shared.handlers.1.as_ref()).cloned();
+    let started = std::time::Instant::now();
     let outcome = match handler {
         None => Some(Outcome::Fail {
             error: format!("no handler for kind `{}` on worker {}", job.kind, shared.config.name),
@@ -295,7 +382,13 @@ async fn run_job<S: Store>(shared: Arc<Shared<S>>, mut job: ClaimedJob, cancel: 
             shared.running.lock().expect("running map").remove(&id);
         }
     }
+    let took = started.elapsed().as_micros() as u64;
+    let avg = &shared.run_avg_us;
+    let _ = avg.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |a| {
+        Some(if a == u64::MAX { took } else { a - a / 8 + took / 8 })
+    });
     drop(permit);
+    shared.freed.notify_one();
 }
 
 /// Waits for a handler, enforcing its timeout, an operator's cancel and the

@@ -324,3 +324,71 @@ async fn idle_worker_is_woken_by_an_enqueue_in_this_process() {
     stop.cancel();
     h.await.unwrap();
 }
+
+/// Jobs in each state of the default queue.
+async fn count(s: &SqliteStore, state: &str) -> i64 {
+    let queues = s.queue_list().await.unwrap();
+    queues.iter().find(|q| q.name.as_str() == "default").map_or(0, |q| q.counts.get(state).copied().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_held_ahead_are_given_back_unspent_on_shutdown() {
+    let (s, _d) = store();
+    let quick = enqueue(&s, spec("quick", json!(null))).await;
+    let now = s.clock().now();
+    let jobs = (0..20).map(|i| spec("slow", json!(i)).validate(now, &Limits::default()).unwrap()).collect();
+    s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    let stop = CancellationToken::new();
+    // One slot, up to 4 held ahead once a handler has shown it is quick.
+    let worker = Worker::builder(s.clone())
+        .concurrency(1)
+        .prefetch(4)
+        .poll_interval(Duration::from_millis(20))
+        .handle("quick", |_: Value, _ctx: JobContext| async move { Ok(()) })
+        .handle("slow", |_: Value, _ctx: JobContext| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        })
+        .build();
+    let h = tokio::spawn(worker.run(stop.clone()));
+    terminal(&s, &quick).await;
+    // The slow job runs and more are held (claimed, so `running` in the store).
+    let start = Instant::now();
+    while count(&s, "running").await < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no job was claimed ahead");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(count(&s, "running").await, 0, "nothing is left claimed");
+    let page = s.job_list(kyu_store::JobListParams { queue: None, state: Some(JobState::Queued), ..Default::default() }).await.unwrap();
+    assert!(!page.jobs.is_empty());
+    for j in page.jobs {
+        assert_eq!(j.attempt, 0, "a held job given back has not spent an attempt: {j:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_jobs_are_never_claimed_ahead() {
+    let (s, _d) = store();
+    let now = s.clock().now();
+    let jobs = (0..8).map(|i| spec("long", json!(i)).validate(now, &Limits::default()).unwrap()).collect();
+    let ids: Vec<JobId> = s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap().into_iter().map(|i| i.id).collect();
+    let (stop, h) = start(Worker::builder(s.clone()).concurrency(2).handle("long", |_: Value, _ctx: JobContext| async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Ok(())
+    }));
+    // A job held in the worker would be `running` without a slot: with
+    // handlers of 150 ms, none may start within 50 ms, so none is held.
+    let mut peak = 0;
+    while count(&s, "completed").await < 8 {
+        peak = peak.max(count(&s, "running").await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(peak <= 2, "{peak} jobs claimed at once by a worker of 2 slots");
+    for id in &ids {
+        assert_eq!(terminal(&s, id).await.state, JobState::Completed);
+    }
+    stop.cancel();
+    h.await.unwrap();
+}

@@ -59,6 +59,7 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         name: w.name.clone().unwrap_or(defaults.name.clone()),
         concurrency,
         batch: w.batch.unwrap_or(concurrency),
+        prefetch: None,
         lease: w.lease.0,
         poll_interval: if remote { Duration::ZERO } else { w.poll.0 },
         shutdown_grace: w.grace.0,
