@@ -40,9 +40,18 @@ fn script(k: usize) -> String {
     )
 }
 
+/// One ceiling run: its rate and how many jobs it completed.
+pub struct Ceiling {
+    /// Jobs per second.
+    pub figure: Figure,
+    /// Jobs completed (for per-job WAL and commits).
+    pub jobs: u64,
+}
+
 /// Runs the ceiling for `k` jobs per group for `secs` seconds in `schema`
-/// (created by the caller) on the server at `url`.
-pub fn pg_ceiling(pgbench: &Path, url: &str, schema: &str, k: usize, secs: u32, work_dir: &Path) -> Result<Figure, String> {
+/// (created by the caller) on the server at `url`. The run's connections
+/// are named `pgbench` in `pg_stat_activity`.
+pub fn pg_ceiling(pgbench: &Path, url: &str, schema: &str, k: usize, secs: u32, work_dir: &Path) -> Result<Ceiling, String> {
     let file = work_dir.join(format!("ceiling-{k}.sql"));
     std::fs::write(&file, script(k)).map_err(|e| e.to_string())?;
     let setup = Command::new(pgbench)
@@ -72,7 +81,14 @@ pub fn pg_ceiling(pgbench: &Path, url: &str, schema: &str, k: usize, secs: u32, 
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("no tps in pgbench output: {text}"))?;
-    Ok(Figure { name: format!("PostgreSQL ceiling k={k}"), value: tps * k as f64, unit: "jobs/s" })
+    let runs: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(['/', ' ']).next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no transaction count in pgbench output: {text}"))?;
+    let figure = Figure { name: format!("PostgreSQL ceiling k={k}"), value: tps * k as f64, unit: "jobs/s" };
+    Ok(Ceiling { figure, jobs: runs * k as u64 })
 }
 
 fn write_setup(dir: &Path) -> Result<PathBuf, String> {

@@ -4,8 +4,9 @@
 //!
 //! Lease rescue, pruning and the scheduler are the server's own background
 //! work, not part of the API, so those three calls (and the store's events,
-//! which HTTP clients get from the event stream) go to the server's store
-//! directly; everything else crosses the wire.
+//! which HTTP clients get from the event stream, and asking to hear of a
+//! job's end) go to the server's store directly; everything else crosses
+//! the wire.
 
 use std::time::Duration;
 
@@ -158,6 +159,9 @@ impl<S: Store> Store for Remote<S> {
     }
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.local.subscribe()
+    }
+    async fn job_watch(&self, id: &JobId) -> Result<(), StoreError> {
+        self.local.job_watch(id).await
     }
     fn supports_listen_notify(&self) -> bool {
         self.local.supports_listen_notify()

@@ -174,12 +174,12 @@ pub(crate) async fn report_many<C: Conn>(
                    lease_expires_at = NULL, deadline_at = NULL, token = NULL \
                  FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
                  WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
-                 RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at",
+                 RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
             .db()?;
-        let mut done: HashMap<String, (i64, bool)> = HashMap::with_capacity(rows.len());
+        let mut done: HashMap<String, (i64, bool, bool)> = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: String = r.try_get(0).db()?;
             let started: Option<SystemTime> = r.try_get(6).db()?;
@@ -192,13 +192,16 @@ pub(crate) async fn report_many<C: Conn>(
                 state: JobState::Completed,
                 run_ms: started.map_or(0, |s| (tx.now.0 - millis(s).0).max(0)),
             });
-            done.insert(id, (r.try_get(1).db()?, r.try_get(2).db()?));
+            done.insert(id, (r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(7).db()?));
         }
         let mut missed = Vec::new();
         for &i in &completions {
             match done.remove(reports[i].id.as_str()) {
-                Some((seq, has_dependents)) => {
-                    tx.event(StoreEvent::JobFinished(reports[i].id.clone()));
+                Some((seq, has_dependents, watched)) => {
+                    // Announced only to those waiting (see Store::job_watch).
+                    if watched {
+                        tx.event(StoreEvent::JobFinished(reports[i].id.clone()));
+                    }
                     if has_dependents {
                         finished.push(Finished { seq, id: reports[i].id.clone(), state: JobState::Completed });
                     }
@@ -307,7 +310,7 @@ pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Resu
     for e in &ends {
         ev.push(&e.entries);
     }
-    tx.c.execute(
+    let watched = tx.c.query(
         "UPDATE kyu_jobs j SET state = x.state, finished_at = $1, expires_at = x.expires_at, lease_expires_at = NULL, \
            deadline_at = NULL, token = NULL, \
            errors = CASE WHEN x.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(\
@@ -316,13 +319,22 @@ pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Resu
              $2::text, x.t2, j.attempt, j.worker, x.m2) \
          FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
            AS x(seq, state, expires_at, error, t1, m1, t2, m2) \
-         WHERE j.seq = x.seq",
+         WHERE j.seq = x.seq RETURNING j.seq, j.finish_watched",
         &[&tx.now_ts, &tx.now_str, &seqs, &states, &expires, &errors, &ev.t1, &ev.m1, &ev.t2, &ev.m2],
     )
     .await
     .db()?;
+    // Announced only to those waiting (see Store::job_watch).
+    let mut announce = std::collections::HashSet::new();
+    for r in watched {
+        if r.try_get::<_, bool>(1).db()? {
+            announce.insert(r.try_get::<_, i64>(0).db()?);
+        }
+    }
     for e in ends {
-        tx.event(StoreEvent::JobFinished(e.id));
+        if announce.contains(&e.seq) {
+            tx.event(StoreEvent::JobFinished(e.id));
+        }
     }
     Ok(())
 }

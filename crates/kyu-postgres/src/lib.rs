@@ -57,7 +57,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+/// The pool behind [`PgStore::pool`] and the connections it hands out.
+pub use deadpool_postgres::{Object as PooledClient, Pool};
 use kyu_core::transition::Retention;
 use kyu_core::{Clock, Job, JobId, NewJob, QueueInfo};
 use kyu_store::*;
@@ -85,6 +87,11 @@ pub struct PgOptions {
     /// Most pooled connections this process opens (plus one for LISTEN);
     /// `?pool_size=N` in the URL sets it.
     pub pool_size: usize,
+    /// LISTEN for other processes' notifications (jobs available, jobs
+    /// finished): workers and servers need it. Off for connections that only
+    /// look, since every listening connection in the database runs a
+    /// transaction to read each notification.
+    pub listen: bool,
 }
 
 impl Default for PgOptions {
@@ -95,6 +102,7 @@ impl Default for PgOptions {
             timeout_grace_ms: 10_000,
             schema: None,
             pool_size: 16,
+            listen: true,
         }
     }
 }
@@ -196,7 +204,11 @@ impl PgStore {
         let channel = format!("kyu:{}", opts.schema.as_deref().unwrap_or("public"));
         let (events, _) = broadcast::channel(4096);
         let listening = Arc::new(listen::Listening::default());
-        let listener = tokio::spawn(listen::run(config, connector, channel.clone(), events.clone(), listening.clone()));
+        let listener = if opts.listen {
+            tokio::spawn(listen::run(config, connector, channel.clone(), events.clone(), listening.clone()))
+        } else {
+            tokio::spawn(async {})
+        };
         let settings =
             Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel, observers: Observers::default() };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
@@ -449,6 +461,19 @@ impl Store for PgStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn job_watch(&self, id: &JobId) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "UPDATE kyu_jobs SET finish_watched = true \
+                 WHERE id = $1 AND NOT finish_watched AND state NOT IN ('completed', 'failed', 'cancelled')",
+                &[&id.as_str()],
+            )
+            .await
+            .db()?;
+        Ok(())
     }
 
     fn supports_listen_notify(&self) -> bool {

@@ -95,6 +95,8 @@ async fn notifications_reach_other_nodes() {
     store.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await.unwrap();
     let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("notified").unwrap();
     assert_eq!(ev, StoreEvent::JobsAvailable(kyu_core::QueueName::new("wake").unwrap()));
+    // The other process waits for the end, so it is announced.
+    other.job_watch(&id).await.unwrap();
     let claimed = store
         .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("wake").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
         .await
@@ -108,6 +110,33 @@ async fn notifications_reach_other_nodes() {
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("notified").unwrap();
         if ev == StoreEvent::JobFinished(id.clone()) {
+            break;
+        }
+    }
+    // An end nobody waits for is not announced: NOTIFY costs every listener
+    // a transaction. Notifications arrive in commit order, so once the
+    // watched job's end arrives, the unwatched one's would have too.
+    let (quiet, loud) = (spec("wake"), spec("wake"));
+    let (quiet_id, loud_id) = (quiet.id.clone(), loud.id.clone());
+    store.job_insert_many(JobInsertManyParams { jobs: vec![quiet, loud] }).await.unwrap();
+    other.job_watch(&loud_id).await.unwrap();
+    for want in [&quiet_id, &loud_id] {
+        let claimed = store
+            .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("wake").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        assert_eq!(&claimed.id, want, "claimed in enqueue order");
+        store
+            .job_report_many(vec![Report { id: claimed.id, token: claimed.token, outcome: Outcome::Complete { result: json!(1) } }])
+            .await
+            .unwrap();
+    }
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("notified").unwrap();
+        assert_ne!(ev, StoreEvent::JobFinished(quiet_id.clone()), "an unwatched end was announced");
+        if ev == StoreEvent::JobFinished(loud_id.clone()) {
             break;
         }
     }

@@ -112,9 +112,12 @@ pub(crate) async fn result<S: Store>(
         return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(w.wait_ms).min(app.config.long_poll_cap);
-    // Subscribe before reading, so a finish between the read and the wait
-    // is not missed.
+    // Subscribe and ask to hear of the end before reading, so a finish
+    // between the read and the wait is not missed.
     let mut events = app.store.subscribe();
+    if w.wait_ms > 0 {
+        app.store.job_watch(&id).await?;
+    }
     loop {
         let job = must_get(&app, &id).await?;
         if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {

@@ -168,6 +168,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// A hint, never the source of truth: a lagged receiver re-checks the store.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 
+    /// Asks for a [`StoreEvent::JobFinished`] when `id` ends, whichever
+    /// process ends it. Stores may announce only the ends someone asked for
+    /// (on PostgreSQL each announcement costs every listening connection a
+    /// transaction), so a waiter calls this after subscribing and before
+    /// reading the job's state. Unknown or finished jobs are not an error.
+    fn job_watch(&self, id: &JobId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = id;
+        async { Ok(()) }
+    }
+
     /// Whether events arrive from other processes too (PostgreSQL's
     /// LISTEN/NOTIFY) or only from this one (SQLite), so waiters know how
     /// often they must poll.

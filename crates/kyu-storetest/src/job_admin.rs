@@ -202,6 +202,8 @@ pub async fn events_after_commit<S: Store>(s: S) {
     let id = enqueue(&s, spec("ev", "k")).await;
     let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event").unwrap();
     assert_eq!(ev, StoreEvent::JobsAvailable(q("ev")));
+    // The end is announced to whoever asked (PostgreSQL announces no other).
+    s.job_watch(&id).await.unwrap();
     let j = claim_one(&s, "ev").await;
     complete(&s, &j, json!(null)).await.unwrap();
     loop {

@@ -98,6 +98,7 @@ impl<S: Store> Client<S> {
     pub async fn wait(&self, id: &JobId, timeout: Duration) -> Result<Job, StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = self.store.subscribe();
+        self.store.job_watch(id).await?;
         loop {
             let job = self.store.job_get(id).await?.ok_or_else(|| StoreError::job_not_found(id))?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::BenchArgs;
 use crate::commands::is_postgres;
+use crate::commands::pgmeter::{self, PgMeter};
 use crate::error::CliError;
 use crate::output;
 
@@ -56,9 +57,13 @@ pub async fn bench(database: Option<&str>, a: &BenchArgs, json: bool) -> Result<
     if a.runs == 0 {
         return Err(CliError::Usage("--runs must be at least 1".into()));
     }
+    let postgres = database.is_some_and(is_postgres);
     for w in &a.workloads {
-        if !["w1", "w2", "w3", "w4", "w5"].contains(&w.as_str()) {
-            return Err(CliError::Usage(format!("unknown workload `{w}` (w1, w2, w3, w4, w5)")));
+        if !["w1", "w2", "w3", "w4", "w5", "w6"].contains(&w.as_str()) {
+            return Err(CliError::Usage(format!("unknown workload `{w}` (w1, w2, w3, w4, w5, w6)")));
+        }
+        if w == "w6" && !postgres {
+            return Err(CliError::Usage("w6 (a held snapshot) is a PostgreSQL workload: give --database postgres://...".into()));
         }
     }
     let dir = tempfile::tempdir().map_err(failed)?;
@@ -121,46 +126,93 @@ fn ratios(rows: &[Row], backend: &str) -> BTreeMap<String, f64> {
     ratio(format!("W2 enqueue / {c1}"), median("W2 enqueue"), median(&c1));
     ratio("W4 retained / empty".into(), median("W4 process (retained)"), median("W4 process (empty)"));
     ratio("W5 parent / without".into(), median("W5 parent done"), median("W5 without parent"));
+    ratio("W6 held / no snapshot".into(), median("W6 process (held snapshot)"), median("W6 process (no snapshot)"));
+    // Per-job costs against the ceiling k=100's, which W1 is judged by.
+    for what in ["WAL/job", "commits/job"] {
+        let c = format!("{ceiling} k=100 {what}");
+        for w in ["W1", "W4 (empty)", "W4 (retained)", "W6 (no snapshot)", "W6 (held snapshot)"] {
+            ratio(format!("{w} {what} / {c}"), median(&format!("{w} {what}")), median(&c));
+        }
+    }
     out
 }
 
 /// Runs the selected workloads once, each on a fresh store from `fresh`:
 /// the store itself (Rust API), or a server started in this process on it,
-/// seen through the HTTP client (HTTP worker protocol). W4 is two runs, on
-/// an empty store and on one with retained history.
-async fn workloads_on<S, F, Fut>(a: &BenchArgs, samples: &mut Samples, run: usize, mut fresh: F) -> Result<(), CliError>
+/// seen through the HTTP client (HTTP worker protocol). W4 and W6 are two
+/// runs each, without and with what they add. `fresh` also gives the
+/// store's PostgreSQL schema, which `meter` measures WAL, commits and dead
+/// tuples in.
+async fn workloads_on<S, F, Fut>(
+    a: &BenchArgs,
+    samples: &mut Samples,
+    run: usize,
+    meter: Option<&PgMeter>,
+    mut fresh: F,
+) -> Result<(), CliError>
 where
     S: Store,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<S, CliError>>,
+    Fut: Future<Output = Result<(S, String), CliError>>,
 {
     let items: Vec<&str> = a
         .workloads
         .iter()
-        .flat_map(|w| if w == "w4" { vec!["w4-empty", "w4-retained"] } else { vec![w.as_str()] })
+        .flat_map(|w| match w.as_str() {
+            "w4" => vec!["w4-empty", "w4-retained"],
+            "w6" => vec!["w6-without", "w6-held"],
+            w => vec![w],
+        })
         .collect();
     for w in items {
         tracing::info!(run, workload = %w, via = %a.via, "running");
-        let store = fresh().await?;
+        let (store, schema) = fresh().await?;
+        // W4's history goes into the store directly and is not measured:
+        // filling a million rows through HTTP completions would measure
+        // nothing new.
+        if w == "w4-retained" {
+            workloads::fill_history(&store, a.retained).await?;
+        }
+        let held = match (w, meter) {
+            ("w6-held", Some(m)) => Some(m.hold_snapshot().await?),
+            _ => None,
+        };
+        let before = match meter {
+            Some(m) => Some(m.mark().await?),
+            None => None,
+        };
         let figs = if a.via == "http" {
-            // W4's history goes into the store directly: filling a million
-            // rows through single HTTP completions would measure nothing new.
-            let w = if w == "w4-retained" {
-                workloads::fill_history(&store, a.retained).await?;
-                "w4-retained-filled"
-            } else {
-                w
-            };
             let (client, stop) = over_http(store).await?;
             let figs = one_workload(a, w, Shape::HTTP, &client).await;
             stop.cancel();
             figs?
         } else {
-            one_workload(a, w, Shape::RUST, &store).await?
+            let figs = one_workload(a, w, Shape::RUST, &store).await;
+            drop(store);
+            figs?
         };
+        if let (Some(m), Some(before)) = (meter, before) {
+            m.wait_closed(&schema).await?;
+            let label = figs[0].name.replace(" process", "").replace(" enqueue", "").replace(" p50", "");
+            let label = label.replace(" without parent", "");
+            record(samples, m.figures(&label, before, jobs_of(a, w), &schema).await?);
+        }
+        if let Some(h) = held {
+            h.release().await?;
+        }
         record(samples, figs);
     }
     Ok(())
+}
+
+/// The jobs a workload runs, which its per-job figures divide by.
+fn jobs_of(a: &BenchArgs, w: &str) -> u64 {
+    (match w {
+        "w2" => a.single_jobs,
+        "w3" => a.latency_jobs,
+        "w5" => 2 * a.children + 1,
+        _ => a.jobs,
+    }) as u64
 }
 
 async fn one_workload<T: Store>(a: &BenchArgs, w: &str, shape: Shape, store: &T) -> Result<Vec<Figure>, CliError> {
@@ -168,15 +220,17 @@ async fn one_workload<T: Store>(a: &BenchArgs, w: &str, shape: Shape, store: &T)
         "w1" => workloads::w1(store, shape, a.jobs).await?,
         "w2" => workloads::w2(store, a.single_jobs).await?,
         "w3" => workloads::w3(store, shape, a.latency_jobs).await?,
-        "w4-empty" => workloads::w4(store, shape, a.jobs, 0).await?,
-        "w4-retained" => workloads::w4(store, shape, a.jobs, a.retained).await?,
-        "w4-retained-filled" => workloads::w4(store, shape, a.jobs, 0).await?,
+        // The retained history is already in the store (see workloads_on).
+        "w4-empty" | "w4-retained" => workloads::w4(store, shape, a.jobs, 0).await?,
         "w5" => workloads::w5(store, shape, a.children).await?,
+        "w6-without" | "w6-held" => workloads::w1(store, shape, a.jobs).await?.split_off(1),
         _ => unreachable!("checked above"),
     };
     match w {
         "w4-empty" => figs[0].name = "W4 process (empty)".into(),
-        "w4-retained" | "w4-retained-filled" => figs[0].name = "W4 process (retained)".into(),
+        "w4-retained" => figs[0].name = "W4 process (retained)".into(),
+        "w6-without" => figs[0].name = "W6 process (no snapshot)".into(),
+        "w6-held" => figs[0].name = "W6 process (held snapshot)".into(),
         _ => {}
     }
     Ok(figs)
@@ -201,9 +255,9 @@ async fn bench_sqlite(base: PathBuf, a: &BenchArgs) -> Result<Samples, CliError>
         let fresh = || {
             n += 1;
             let path = base.join(format!("bench-{}-{n}.db", std::process::id()));
-            async move { SqliteStore::open(path, SqliteOptions::default()).map_err(failed) }
+            async move { Ok((SqliteStore::open(path, SqliteOptions::default()).map_err(failed)?, String::new())) }
         };
-        workloads_on(a, &mut samples, run, fresh).await?;
+        workloads_on(a, &mut samples, run, None, fresh).await?;
         for k in [1, 16, 100] {
             let path = base.join(format!("ceiling-{}-{run}-{k}.db", std::process::id()));
             let jobs = if k == 1 { a.jobs.min(2_000) } else { a.jobs };
@@ -218,7 +272,11 @@ async fn bench_postgres(url: &str, a: &BenchArgs, work_dir: PathBuf) -> Result<S
         .ok_or_else(|| CliError::Failed(anyhow::anyhow!("pgbench not found: install PostgreSQL's client tools")))?;
     let mut samples = Samples::new();
     let tag = format!("{}_{}", std::process::id(), kyu_core::Clock::system().now().0);
-    let mut schemas: Vec<String> = Vec::new();
+    // The meter's connections, and the ceiling's table, live in a schema of
+    // their own (with kyu's tables, unused).
+    let base = format!("kyu_bench_{tag}_base");
+    let mut schemas: Vec<String> = vec![base.clone()];
+    let meter = PgMeter::connect(url, &base).await?;
     let mut result = Ok(());
     for run in 1..=a.runs {
         let mut n = 0;
@@ -227,31 +285,30 @@ async fn bench_postgres(url: &str, a: &BenchArgs, work_dir: PathBuf) -> Result<S
             n += 1;
             let schema = format!("kyu_bench_{tag}_{run}_{n}");
             created.push(schema.clone());
-            let opts = PgOptions { schema: Some(schema), pool_size: 16, ..PgOptions::default() };
-            let url = url.to_owned();
-            async move { PgStore::connect(&url, opts).await.map_err(failed) }
+            let opts = PgOptions { schema: Some(schema.clone()), pool_size: 16, ..PgOptions::default() };
+            let url = pgmeter::named(url, &schema);
+            async move { Ok((PgStore::connect(&url, opts).await.map_err(failed)?, schema)) }
         };
-        result = workloads_on(a, &mut samples, run, fresh).await;
+        result = workloads_on(a, &mut samples, run, Some(&meter), fresh).await;
         if result.is_err() {
             break;
         }
-        let schema = format!("kyu_bench_{tag}_{run}_ceiling");
-        // A store connection creates the schema (and kyu's tables, unused here).
-        PgStore::connect(url, PgOptions { schema: Some(schema.clone()), pool_size: 1, ..PgOptions::default() })
-            .await
-            .map_err(failed)?;
-        schemas.push(schema.clone());
         for k in [1, 10, 100] {
             tracing::info!(run, k, "PostgreSQL ceiling (pgbench, 16 clients)");
-            let fig = pgbench::pg_ceiling(&pgbench, &pgbench::libpq_url(url), &schema, k, a.ceiling_secs.max(1), &work_dir).map_err(failed)?;
-            record(&mut samples, vec![fig]);
+            let before = meter.mark().await?;
+            let c = pgbench::pg_ceiling(&pgbench, &pgbench::libpq_url(url), &base, k, a.ceiling_secs.max(1), &work_dir).map_err(failed)?;
+            meter.wait_closed("pgbench").await?;
+            let label = c.figure.name.clone();
+            record(&mut samples, meter.figures(&label, before, c.jobs, &base).await?);
+            record(&mut samples, vec![c.figure]);
         }
     }
+    drop(meter);
     // Drop every scratch schema, even after a failure, connecting through one
     // of them (connecting without one would create kyu's tables in `public`).
     let via = schemas.last().cloned();
     if let Some(via) = via
-        && let Ok(admin) = PgStore::connect(url, PgOptions { pool_size: 1, schema: Some(via), ..PgOptions::default() }).await
+        && let Ok(admin) = PgStore::connect(url, PgOptions { pool_size: 1, schema: Some(via), listen: false, ..PgOptions::default() }).await
     {
         for s in &schemas {
             if let Err(e) = admin.drop_schema(s).await {

@@ -29,6 +29,9 @@ pub async fn result<S: Store>(store: &S, id: &JobId, wait: Option<String>, json:
         Some(d) => Some(Instant::now() + parse_duration(d).map_err(CliError::Usage)?),
     };
     let mut events = store.subscribe();
+    if deadline.is_none_or(|d| d > Instant::now()) {
+        store.job_watch(id).await?;
+    }
     let job = loop {
         let job = must_get(store, id).await?;
         if job.state.is_terminal() || deadline.is_some_and(|d| Instant::now() >= d) {

@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod enqueue;
 mod inspect;
+mod pgmeter;
 mod schedule;
 mod server;
 mod work;

@@ -1,0 +1,122 @@
+//! What a PostgreSQL benchmark measures besides time: WAL bytes and commits
+//! per completed job, and the dead tuples a run leaves behind. These travel
+//! between machines where jobs/s does not.
+//!
+//! `xact_commit` is flushed by each backend at most once a second, and at
+//! the latest when it exits; so a run's figures are read after its
+//! connections have closed (each run's store names them after its schema in
+//! `application_name`).
+
+use std::time::{Duration, Instant};
+
+use kyu_bench::Figure;
+use kyu_postgres::{PgOptions, PgStore};
+
+use crate::error::CliError;
+
+fn failed(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(anyhow::anyhow!("{e}"))
+}
+
+/// The server's WAL position and commit count at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    wal_bytes: i64,
+    commits: i64,
+}
+
+/// A connection of its own (two: one reads figures, one may hold a snapshot).
+pub struct PgMeter {
+    probe: PgStore,
+}
+
+/// A `REPEATABLE READ` transaction held open by another connection (W6),
+/// until [`HeldSnapshot::release`].
+pub struct HeldSnapshot {
+    conn: kyu_postgres::PooledClient,
+}
+
+impl HeldSnapshot {
+    pub async fn release(self) -> Result<(), CliError> {
+        self.conn.batch_execute("ROLLBACK").await.map_err(failed)
+    }
+}
+
+/// The URL a run's store connects with: its connections are named after its
+/// schema, so the meter can wait for them to close.
+pub fn named(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={schema}")
+}
+
+impl PgMeter {
+    /// Connects to `url`, keeping kyu's (unused) tables in `schema`.
+    pub async fn connect(url: &str, schema: &str) -> Result<PgMeter, CliError> {
+        // Not listening: a listener reads every notification in a
+        // transaction of its own, which would count as the run's commits.
+        let opts = PgOptions { schema: Some(schema.to_owned()), pool_size: 2, listen: false, ..PgOptions::default() };
+        let probe = PgStore::connect(&named(url, schema), opts).await.map_err(failed)?;
+        Ok(PgMeter { probe })
+    }
+
+    pub async fn mark(&self) -> Result<Mark, CliError> {
+        let c = self.probe.pool().get().await.map_err(failed)?;
+        let r = c
+            .query_one(
+                "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
+                   (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(Mark { wal_bytes: r.get(0), commits: r.get(1) })
+    }
+
+    /// Waits (up to 30 s) until no connection named `app` is left, so their
+    /// commits are counted.
+    pub async fn wait_closed(&self, app: &str) -> Result<(), CliError> {
+        let c = self.probe.pool().get().await.map_err(failed)?;
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+                .await
+                .map_err(failed)?
+                .get(0);
+            if n == 0 {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                tracing::warn!(app, left = n, "connections still open; their last commits may not be counted");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Per completed job since `before`: WAL bytes and commits, and the
+    /// dead tuples now in `schema`'s tables, as figures named `label ...`.
+    pub async fn figures(&self, label: &str, before: Mark, jobs: u64, schema: &str) -> Result<Vec<Figure>, CliError> {
+        let after = self.mark().await?;
+        let c = self.probe.pool().get().await.map_err(failed)?;
+        c.batch_execute("SELECT pg_stat_clear_snapshot()").await.map_err(failed)?;
+        let dead: i64 = c
+            .query_one("SELECT coalesce(sum(n_dead_tup), 0)::int8 FROM pg_stat_user_tables WHERE schemaname = $1", &[&schema])
+            .await
+            .map_err(failed)?
+            .get(0);
+        let per_job = |d: i64| d as f64 / jobs.max(1) as f64;
+        Ok(vec![
+            Figure { name: format!("{label} WAL/job"), value: per_job(after.wal_bytes - before.wal_bytes), unit: "bytes" },
+            Figure { name: format!("{label} commits/job"), value: per_job(after.commits - before.commits), unit: "commits" },
+            Figure { name: format!("{label} dead tuples"), value: dead as f64, unit: "tuples" },
+        ])
+    }
+
+    /// Opens a `REPEATABLE READ` transaction that has taken its snapshot.
+    pub async fn hold_snapshot(&self) -> Result<HeldSnapshot, CliError> {
+        let conn = self.probe.pool().get().await.map_err(failed)?;
+        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").await.map_err(failed)?;
+        Ok(HeldSnapshot { conn })
+    }
+}
