@@ -20,5 +20,6 @@ mod over_tls {
     kyu_storetest::conformance!(fresh);
 }
 
+mod migrations;
 mod postgres;
 mod tls;
