@@ -401,6 +401,11 @@ pub struct WorkArgs {
     /// Most jobs claimed at a time, at most the concurrency [default: the concurrency] [env: KYU_BATCH].
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Most jobs held ahead of free slots while the queue has a backlog and
+    /// commands are short (a held job starts within about 50 ms); 0 claims
+    /// only into free slots [default: the concurrency] [env: KYU_PREFETCH].
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Lease per claim; heartbeats renew it every third of it [default: 30s] [env: KYU_LEASE].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub lease: Option<Duration>,

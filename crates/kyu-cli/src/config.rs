@@ -117,6 +117,8 @@ pub struct WorkConfig {
     pub concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<usize>,
     pub lease: Dur,
     pub poll: Dur,
     pub grace: Dur,
@@ -173,6 +175,7 @@ impl Default for Config {
                 queues: vec!["default".into()],
                 concurrency: None,
                 batch: None,
+                prefetch: None,
                 lease: Dur(Duration::from_secs(30)),
                 poll: Dur(Duration::from_millis(200)),
                 grace: Dur(Duration::from_secs(30)),
@@ -212,6 +215,7 @@ const ENV: &[(&str, &[&str])] = &[
     ("KYU_QUEUES", &["work.queues"]),
     ("KYU_CONCURRENCY", &["work.concurrency"]),
     ("KYU_BATCH", &["work.batch"]),
+    ("KYU_PREFETCH", &["work.prefetch"]),
     ("KYU_LEASE", &["work.lease"]),
     ("KYU_POLL", &["work.poll"]),
     ("KYU_GRACE", &["work.grace"]),
@@ -319,7 +323,7 @@ fn work_flags(a: &WorkArgs, put: &mut impl FnMut(&str, Value), dur: impl Fn(Dura
     if !a.queues.is_empty() {
         put("work.queues", Value::from(a.queues.clone()));
     }
-    for (k, v) in [("work.concurrency", a.concurrency), ("work.batch", a.batch), ("work.max_result", a.max_result)] {
+    for (k, v) in [("work.concurrency", a.concurrency), ("work.batch", a.batch), ("work.prefetch", a.prefetch), ("work.max_result", a.max_result)] {
         if let Some(v) = v {
             put(k, Value::from(v as u64));
         }
@@ -488,6 +492,7 @@ pub const WORK_KEYS: &[&str] = &[
     "work.queues",
     "work.concurrency",
     "work.batch",
+    "work.prefetch",
     "work.lease",
     "work.poll",
     "work.grace",

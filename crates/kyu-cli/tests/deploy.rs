@@ -147,6 +147,10 @@ fn settings_layers_default_file_environment_flag() {
     let out = work(&[("KYU_CONCURRENCY", "5")], &["-c", "7", "--lease", "5s"]);
     assert_eq!(shown(&out, "work.concurrency"), ("7".into(), "flag".into()));
     assert_eq!(shown(&out, "work.lease"), ("5s".into(), "flag".into()));
+    let out = work(&[("KYU_PREFETCH", "0")], &[]);
+    assert_eq!(shown(&out, "work.prefetch"), ("0".into(), "environment (KYU_PREFETCH)".into()));
+    let out = work(&[("KYU_PREFETCH", "0")], &["--prefetch", "4"]);
+    assert_eq!(shown(&out, "work.prefetch"), ("4".into(), "flag".into()));
 
     // An unknown key names itself and the file.
     std::fs::write(k.path("bad.toml"), "listen = \"127.0.0.1:1\"\nlisen = 2\n").unwrap();

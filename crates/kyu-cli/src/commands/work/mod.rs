@@ -41,8 +41,8 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         && b > concurrency
     {
         return Err(CliError::Usage(format!(
-            "--batch {b} is more than --concurrency {concurrency}: a worker claims only into free slots, \
-             so at most {concurrency} at a time; raise --concurrency, or use --max-jobs to take K jobs and stop"
+            "--batch {b} is more than --concurrency {concurrency}: a claim asks for at most as many jobs as \
+             there are slots; raise --concurrency, or use --max-jobs to take K jobs and stop"
         )));
     }
     if w.max_jobs == Some(0) {
@@ -59,7 +59,7 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         name: w.name.clone().unwrap_or(defaults.name.clone()),
         concurrency,
         batch: w.batch.unwrap_or(concurrency),
-        prefetch: None,
+        prefetch: w.prefetch,
         lease: w.lease.0,
         poll_interval: if remote { Duration::ZERO } else { w.poll.0 },
         shutdown_grace: w.grace.0,
