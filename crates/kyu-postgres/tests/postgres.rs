@@ -11,6 +11,12 @@ fn spec(queue: &str) -> kyu_core::NewJob {
     JobSpec::new(queue, "k", json!({"n": 1})).validate(Clock::system().now(), &Limits::default()).unwrap()
 }
 
+/// Claims the next job of `queue`, which must have one.
+async fn claim_one(store: &PgStore, queue: &str) -> kyu_core::ClaimedJob {
+    let params = JobClaimParams { queues: vec![kyu_core::QueueName::new(queue).unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 };
+    store.job_claim(params).await.unwrap().jobs.remove(0)
+}
+
 async fn other_process_view(schema: &str) -> PgStore {
     let opts = PgOptions { schema: Some(schema.to_owned()), pool_size: 4, ..PgOptions::default() };
     PgStore::connect(&kyu_postgres::testing::test_url(), opts).await.unwrap()
@@ -42,12 +48,7 @@ async fn enqueue_in_a_caller_transaction_exists_only_if_it_commits() {
 async fn complete_in_the_handler_transaction() {
     let (store, _schema) = kyu_postgres::testing::fresh_store().await;
     store.job_insert_many(JobInsertManyParams { jobs: vec![spec("h")] }).await.unwrap();
-    let job = store
-        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("h").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
-        .await
-        .unwrap()
-        .jobs
-        .remove(0);
+    let job = claim_one(&store, "h").await;
     let report = || Report { id: job.id.clone(), token: job.token.clone(), outcome: Outcome::Complete { result: json!("done") } };
     let mut client = store.pool().get().await.unwrap();
     // The handler's transaction fails after reporting: the job stays running.
@@ -97,12 +98,7 @@ async fn notifications_reach_other_nodes() {
     assert_eq!(ev, StoreEvent::JobsAvailable(kyu_core::QueueName::new("wake").unwrap()));
     // The other process waits for the end, so it is announced.
     other.job_watch(&id).await.unwrap();
-    let claimed = store
-        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("wake").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
-        .await
-        .unwrap()
-        .jobs
-        .remove(0);
+    let claimed = claim_one(&store, "wake").await;
     store
         .job_report_many(vec![Report { id: id.clone(), token: claimed.token, outcome: Outcome::Complete { result: json!(1) } }])
         .await
@@ -121,12 +117,7 @@ async fn notifications_reach_other_nodes() {
     store.job_insert_many(JobInsertManyParams { jobs: vec![quiet, loud] }).await.unwrap();
     other.job_watch(&loud_id).await.unwrap();
     for want in [&quiet_id, &loud_id] {
-        let claimed = store
-            .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("wake").unwrap()], worker: "w".into(), max: 1, lease_ms: 30_000 })
-            .await
-            .unwrap()
-            .jobs
-            .remove(0);
+        let claimed = claim_one(&store, "wake").await;
         assert_eq!(&claimed.id, want, "claimed in enqueue order");
         store
             .job_report_many(vec![Report { id: claimed.id, token: claimed.token, outcome: Outcome::Complete { result: json!(1) } }])

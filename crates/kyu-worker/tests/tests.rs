@@ -25,6 +25,13 @@ fn spec(kind: &str, payload: Value) -> JobSpec {
     JobSpec::new("default", kind, payload)
 }
 
+/// Enqueues `n` jobs of `kind` in one batch (payloads 0..n).
+async fn enqueue_many(s: &SqliteStore, kind: &str, n: i64) -> Vec<JobId> {
+    let now = s.clock().now();
+    let jobs = (0..n).map(|i| spec(kind, json!(i)).validate(now, &Limits::default()).unwrap()).collect();
+    s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap().into_iter().map(|i| i.id).collect()
+}
+
 /// Polls until the job satisfies `done`, or panics after 10 s.
 async fn wait_for(s: &SqliteStore, id: &JobId, done: impl Fn(&Job) -> bool) -> Job {
     let start = Instant::now();
@@ -275,9 +282,7 @@ async fn unknown_kind_and_panic_fail_the_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_is_never_exceeded_and_everything_completes() {
     let (s, _d) = store();
-    let now = s.clock().now();
-    let jobs = (0..200).map(|i| spec("work", json!(i)).validate(now, &Limits::default()).unwrap()).collect();
-    let ids: Vec<JobId> = s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap().into_iter().map(|i| i.id).collect();
+    let ids = enqueue_many(&s, "work", 200).await;
     let live = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (l, p) = (live.clone(), peak.clone());
@@ -335,9 +340,7 @@ async fn count(s: &SqliteStore, state: &str) -> i64 {
 async fn jobs_held_ahead_are_given_back_unspent_on_shutdown() {
     let (s, _d) = store();
     let quick = enqueue(&s, spec("quick", json!(null))).await;
-    let now = s.clock().now();
-    let jobs = (0..20).map(|i| spec("slow", json!(i)).validate(now, &Limits::default()).unwrap()).collect();
-    s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    enqueue_many(&s, "slow", 20).await;
     let stop = CancellationToken::new();
     // One slot, up to 4 held ahead once a handler has shown it is quick.
     let worker = Worker::builder(s.clone())
@@ -371,9 +374,7 @@ async fn jobs_held_ahead_are_given_back_unspent_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_jobs_are_never_claimed_ahead() {
     let (s, _d) = store();
-    let now = s.clock().now();
-    let jobs = (0..8).map(|i| spec("long", json!(i)).validate(now, &Limits::default()).unwrap()).collect();
-    let ids: Vec<JobId> = s.job_insert_many(JobInsertManyParams { jobs }).await.unwrap().into_iter().map(|i| i.id).collect();
+    let ids = enqueue_many(&s, "long", 8).await;
     let (stop, h) = start(Worker::builder(s.clone()).concurrency(2).handle("long", |_: Value, _ctx: JobContext| async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
         Ok(())
