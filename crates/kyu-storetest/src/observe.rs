@@ -162,10 +162,11 @@ pub async fn counts_stay_right_through_every_transition<S: Store>(s: S) {
 pub async fn oldest_ready_job_per_queue<S: Store>(s: S) {
     let none = s.queue_update(kyu_store::QueueUpdateParams { name: q("old-empty"), ..Default::default() }).await.unwrap();
     assert_eq!(none.oldest_ready_at, None);
-    let t0 = s.clock().now();
     let mut low = spec("old", "k");
     low.priority = Some(-5);
-    enqueue(&s, low).await;
+    let low = enqueue(&s, low).await;
+    // The manual clock also moves with real time: read when it became ready.
+    let t0 = s.job_get(&low).await.unwrap().unwrap().run_at;
     s.clock().advance(1_000);
     let mut high = spec("old", "k");
     high.priority = Some(9);
