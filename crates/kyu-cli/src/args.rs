@@ -446,7 +446,7 @@ pub struct WorkArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5.
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5, and on PostgreSQL w6 (a held snapshot).
     #[arg(long, default_value = "w1,w2,w3,w5", value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Runs of each workload; medians are reported.
