@@ -250,22 +250,15 @@ async fn take<C: Conn>(
     if n <= 0 {
         return Ok(Vec::new());
     }
-    // The claim counts itself (queued -1, running +1; see migration 8).
     let sql = format!(
         "WITH picked AS ( \
            SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' {filter} \
-           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
-         claimed AS ( \
-           UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
-             started_at = $5, lease_expires_at = $6 \
-           FROM picked WHERE j.seq = picked.seq \
-           RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
-             j.depends_on, j.priority, j.run_at, j.seq), \
-         counted AS ( \
-           INSERT INTO kyu_queue_count_deltas (queue, state, n) \
-           SELECT $1, s.state, s.sign * c.n FROM (SELECT count(*) AS n FROM claimed) AS c, \
-             (VALUES ('queued', -1), ('running', 1)) AS s(state, sign) WHERE c.n > 0) \
-         SELECT * FROM claimed"
+           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
+           started_at = $5, lease_expires_at = $6 \
+         FROM picked WHERE j.seq = picked.seq \
+         RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
+           j.depends_on, j.priority, j.run_at, j.seq"
     );
     let lease_ts = ts(lease);
     let rows = match group {
@@ -273,6 +266,8 @@ async fn take<C: Conn>(
         None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts]).await,
     }
     .db()?;
+    // The claim is counted by the transaction (queued -1, running +1; see migration 8).
+    tx.moved(queue.as_str(), "queued", "running", rows.len() as i64);
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let deps: Option<Value> = r.try_get(7).db()?;

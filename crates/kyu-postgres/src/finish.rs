@@ -165,23 +165,16 @@ pub(crate) async fn report_many<C: Conn>(
             })
             .collect();
         // The retention rule is kyu-core's `Retention::expires_at`, written
-        // in SQL here so the whole batch stays one statement; the statement
-        // counts itself (running -1, completed +1; see migration 8).
+        // in SQL here so the whole batch stays one statement.
         let rows = tx
             .c
             .query(
-                "WITH done AS ( \
-                   UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
-                     expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
-                     lease_expires_at = NULL, deadline_at = NULL, token = NULL \
-                   FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
-                   WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
-                   RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched), \
-                 counted AS ( \
-                   INSERT INTO kyu_queue_count_deltas (queue, state, n) \
-                   SELECT queue, s.state, s.sign * count(*) FROM done, \
-                     (VALUES ('running', -1), ('completed', 1)) AS s(state, sign) GROUP BY queue, s.state, s.sign) \
-                 SELECT * FROM done",
+                "UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
+                   expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
+                   lease_expires_at = NULL, deadline_at = NULL, token = NULL \
+                 FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
+                 WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
+                 RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
@@ -190,6 +183,8 @@ pub(crate) async fn report_many<C: Conn>(
         for r in rows {
             let id: String = r.try_get(0).db()?;
             let started: Option<SystemTime> = r.try_get(6).db()?;
+            // Counted by the transaction (running -1, completed +1; see migration 8).
+            tx.moved(r.try_get(3).db()?, "running", "completed", 1);
             tx.happened(Happening::Ended {
                 id: job_id(id.clone())?,
                 queue: queue_name(r.try_get(3).db()?),

@@ -33,6 +33,9 @@ pub(crate) struct Tx<'a, C: Conn> {
     events: Mutex<Vec<StoreEvent>>,
     /// What the transaction did, for statistics and observers.
     tally: Mutex<Tally>,
+    /// Count deltas of the transitions every job takes (claim, completion),
+    /// per queue and state, written with the statistics (see migration 8).
+    counted: Mutex<std::collections::BTreeMap<(String, &'static str), i64>>,
     /// A single statement in autocommit (the plain enqueue), which writes
     /// its own statistics; [`Tx::notify`] is not called on it.
     pub standalone: bool,
@@ -48,6 +51,7 @@ impl<'a, C: Conn> Tx<'a, C> {
             settings,
             events: Mutex::new(Vec::new()),
             tally: Mutex::new(Tally::default()),
+            counted: Mutex::new(std::collections::BTreeMap::new()),
             standalone: false,
         }
     }
@@ -73,6 +77,15 @@ impl<'a, C: Conn> Tx<'a, C> {
         self.settings.observers.tell(self.now, &tally.happenings);
     }
 
+    /// Counts `n` jobs of `queue` moving from `from` to `to`, for the queue
+    /// counts: only claims and completions do this; a row trigger counts
+    /// every other change (migration 8).
+    pub fn moved(&self, queue: &str, from: &'static str, to: &'static str, n: i64) {
+        let mut c = self.counted.lock().expect("counted");
+        *c.entry((queue.to_owned(), from)).or_default() -= n;
+        *c.entry((queue.to_owned(), to)).or_default() += n;
+    }
+
     /// Records an event to send when the transaction commits.
     pub fn event(&self, e: StoreEvent) {
         self.events.lock().expect("events").push(e);
@@ -84,12 +97,22 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// every NOTIFY takes a global lock at commit.
     ///
     /// In the same statement, the transaction's per-minute statistics are
-    /// appended to `kyu_stats_deltas`, so both cost one round trip.
+    /// appended to `kyu_stats_deltas` and its claims' and completions' count
+    /// deltas to `kyu_queue_count_deltas`, so all cost one round trip.
     pub async fn notify(&self) -> Result<(), StoreError> {
         let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
         let minutes = self.tally.lock().expect("tally").minutes(self.now);
-        if payloads.is_empty() && minutes.is_empty() {
+        let counted = std::mem::take(&mut *self.counted.lock().expect("counted"));
+        if payloads.is_empty() && minutes.is_empty() && counted.is_empty() {
             return Ok(());
+        }
+        let (mut cq, mut cs, mut cn) = (Vec::new(), Vec::new(), Vec::new());
+        for ((queue, state), n) in counted {
+            if n != 0 {
+                cq.push(queue);
+                cs.push(state);
+                cn.push(n);
+            }
         }
         let mut m = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((minute, queue), row) in minutes {
@@ -108,9 +131,12 @@ impl<'a, C: Conn> Tx<'a, C> {
                    INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
                    SELECT minute, queue, enqueued, completed, failed, retried, wait_hist::jsonb, run_hist::jsonb \
                    FROM unnest($3::int8[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
-                     AS t(minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)) \
+                     AS t(minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)), \
+                 counts AS ( \
+                   INSERT INTO kyu_queue_count_deltas (queue, state, n) \
+                   SELECT * FROM unnest($11::text[], $12::text[], $13::int8[])) \
                  SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                &[&self.settings.channel, &payloads, &m.0, &m.1, &m.2, &m.3, &m.4, &m.5, &m.6, &m.7],
+                &[&self.settings.channel, &payloads, &m.0, &m.1, &m.2, &m.3, &m.4, &m.5, &m.6, &m.7, &cq, &cs, &cn],
             )
             .await
             .db()?;

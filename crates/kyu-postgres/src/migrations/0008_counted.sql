@@ -5,10 +5,11 @@
 -- column of every updated row, payloads and timelines included) for every
 -- UPDATE of kyu_jobs, heartbeats too: PostgreSQL allows no column list with
 -- transition tables. Now the two transitions on every job's path, queued ->
--- running (the claim) and running -> completed, append their count deltas
--- in their own statements, once per queue; a row trigger, filtered by its
--- WHEN clause before any function runs, counts every other change of state
--- or queue. SQLite's writer splits the work the same way.
+-- running (the claim) and running -> completed, are counted by the store
+-- and appended with the transaction's statistics, once per queue and state;
+-- a row trigger, filtered by its WHEN clause before any function runs,
+-- counts every other change of state or queue. SQLite's writer splits the
+-- work the same way.
 DROP TRIGGER kyu_jobs_counted_update ON kyu_jobs;
 
 CREATE FUNCTION kyu_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
