@@ -69,7 +69,6 @@ pub(crate) async fn cancel<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<Job, S
             tx.happened(t.changed(id, JobState::Cancelled));
             let end = End {
                 seq,
-                id: id.clone(),
                 state: JobState::Cancelled,
                 error: None,
                 keep_failed_ms: t.keep_failed_ms,

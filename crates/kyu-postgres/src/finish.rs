@@ -91,7 +91,6 @@ pub(crate) struct Ending {
 /// A job ending failed or cancelled (see [`finish_many`]).
 pub(crate) struct End {
     pub seq: i64,
-    pub id: JobId,
     pub state: JobState,
     pub error: Option<String>,
     pub keep_failed_ms: Option<i64>,
@@ -182,12 +181,13 @@ pub(crate) async fn report_many<C: Conn>(
         let mut done: HashMap<String, (i64, bool, bool)> = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: String = r.try_get(0).db()?;
+            let queue: &str = r.try_get(3).db()?;
             let started: Option<SystemTime> = r.try_get(6).db()?;
             // Counted by the transaction (running -1, completed +1; see migration 8).
-            tx.moved(r.try_get(3).db()?, "running", "completed", 1);
+            tx.moved(queue, "running", "completed", 1);
             tx.happened(Happening::Ended {
                 id: job_id(id.clone())?,
-                queue: queue_name(r.try_get(3).db()?),
+                queue: queue_name(queue),
                 kind: r.try_get(4).db()?,
                 attempt: r.try_get(5).db()?,
                 outcome: AttemptOutcome::Completed,
@@ -269,7 +269,7 @@ pub(crate) async fn apply<C: Conn>(tx: &Tx<'_, C>, steps: Vec<Ending>) -> Result
                 if h.has_dependents {
                     finished.push(Finished { seq: h.seq, id: h.id.clone(), state });
                 }
-                ends.push(End { seq: h.seq, id: h.id, state, error, keep_failed_ms: h.keep_failed_ms, entries });
+                ends.push(End { seq: h.seq, state, error, keep_failed_ms: h.keep_failed_ms, entries });
             }
         }
     }
@@ -321,21 +321,15 @@ pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Resu
              $2::text, x.t2, j.attempt, j.worker, x.m2) \
          FROM unnest($3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
            AS x(seq, state, expires_at, error, t1, m1, t2, m2) \
-         WHERE j.seq = x.seq RETURNING j.seq, j.finish_watched",
+         WHERE j.seq = x.seq RETURNING j.id, j.finish_watched",
         &[&tx.now_ts, &tx.now_str, &seqs, &states, &expires, &errors, &ev.t1, &ev.m1, &ev.t2, &ev.m2],
     )
     .await
     .db()?;
     // Announced only to those waiting (see Store::job_watch).
-    let mut announce = std::collections::HashSet::new();
     for r in watched {
         if r.try_get::<_, bool>(1).db()? {
-            announce.insert(r.try_get::<_, i64>(0).db()?);
-        }
-    }
-    for e in ends {
-        if announce.contains(&e.seq) {
-            tx.event(StoreEvent::JobFinished(e.id));
+            tx.event(StoreEvent::JobFinished(job_id(r.try_get(0).db()?)?));
         }
     }
     Ok(())
@@ -412,7 +406,6 @@ pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec
                     let entries = vec![Entry::with(EventType::Failed, error.clone())];
                     ends.push(End {
                         seq: d.seq,
-                        id: d.id.clone(),
                         state: JobState::Failed,
                         error: Some(error),
                         keep_failed_ms: d.keep_failed_ms,

@@ -1,6 +1,6 @@
 //! The worker's main loop: claim into free slots, run handlers, shut down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -188,7 +188,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
     let mut events = shared.store.subscribe();
     let mut error_pause = Duration::from_millis(50);
     let mut claimed_total: u64 = 0;
-    let mut held: std::collections::VecDeque<(ClaimedJob, CancellationToken)> = std::collections::VecDeque::new();
+    let mut held: VecDeque<(ClaimedJob, CancellationToken)> = VecDeque::new();
     let mut inflight: tokio::task::JoinSet<Claimed> = tokio::task::JoinSet::new();
     let mut asked_inflight = 0usize;
     // Set when a claim came back short (nothing more ready) or failed: no
@@ -311,7 +311,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
 
 /// Jobs claimed but not started when the worker stops go back to their
 /// queue at once, the attempt not spent, for another worker to take.
-fn give_back<S>(shared: &Shared<S>, held: std::collections::VecDeque<(ClaimedJob, CancellationToken)>) {
+fn give_back<S>(shared: &Shared<S>, held: VecDeque<(ClaimedJob, CancellationToken)>) {
     for (job, _) in held {
         if let Some(r) = shared.running.lock().expect("running map").get_mut(&job.id) {
             r.reported = true;

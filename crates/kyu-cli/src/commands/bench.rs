@@ -49,7 +49,8 @@ fn record(samples: &mut Samples, figs: Vec<Figure>) {
     }
 }
 
-fn failed(e: impl std::fmt::Display) -> CliError {
+/// A failure with its message (also the PostgreSQL meter's).
+pub(super) fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(anyhow::anyhow!("{e}"))
 }
 
@@ -193,9 +194,7 @@ where
         };
         if let (Some(m), Some(before)) = (meter, before) {
             m.wait_closed(&schema).await?;
-            let label = figs[0].name.replace(" process", "").replace(" enqueue", "").replace(" p50", "");
-            let label = label.replace(" without parent", "");
-            record(samples, m.figures(&label, before, jobs_of(a, w), &schema).await?);
+            record(samples, m.figures(label_of(w), before, jobs_of(a, w), &schema).await?);
         }
         if let Some(h) = held {
             h.release().await?;
@@ -203,6 +202,20 @@ where
         record(samples, figs);
     }
     Ok(())
+}
+
+/// How a workload's per-job figures are named.
+fn label_of(w: &str) -> &'static str {
+    match w {
+        "w2" => "W2",
+        "w3" => "W3",
+        "w4-empty" => "W4 (empty)",
+        "w4-retained" => "W4 (retained)",
+        "w5" => "W5",
+        "w6-without" => "W6 (no snapshot)",
+        "w6-held" => "W6 (held snapshot)",
+        _ => "W1",
+    }
 }
 
 /// The jobs a workload runs, which its per-job figures divide by.

@@ -12,11 +12,8 @@ use std::time::{Duration, Instant};
 use kyu_bench::Figure;
 use kyu_postgres::{PgOptions, PgStore};
 
+use crate::commands::bench::failed;
 use crate::error::CliError;
-
-fn failed(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(anyhow::anyhow!("{e}"))
-}
 
 /// The server's WAL position and commit count at one moment.
 #[derive(Clone, Copy, Debug)]
