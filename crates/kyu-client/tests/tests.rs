@@ -163,6 +163,9 @@ impl<S: Store> Store for Remote<S> {
     async fn job_watch(&self, id: &JobId) -> Result<(), StoreError> {
         self.local.job_watch(id).await
     }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.local.flush().await
+    }
     fn supports_listen_notify(&self) -> bool {
         self.local.supports_listen_notify()
     }

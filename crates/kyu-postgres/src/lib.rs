@@ -134,13 +134,13 @@ macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {{
         let mut client = $store.inner.pool.get().await.map_err(pool_err)?;
         let t = client.transaction().await.db()?;
-        let $tx = Tx::new(&t, $store.inner.clock.now(), &$store.inner.settings);
+        let $tx = Tx::own(&t, $store.inner.clock.now(), &$store.inner.settings);
         let out = $body?;
         $tx.notify().await?;
         let (now, happened) = $tx.take_tally();
         drop($tx);
         t.commit().await.db()?;
-        $store.inner.settings.observers.tell(now, &happened.happenings);
+        $store.committed(now, &happened).await;
         Ok(out)
     }};
 }
@@ -210,8 +210,59 @@ impl PgStore {
             tokio::spawn(async {})
         };
         let settings =
-            Settings { retention: opts.retention, timeout_grace_ms: opts.timeout_grace_ms, channel, observers: Observers::default() };
+            Settings {
+                retention: opts.retention,
+                timeout_grace_ms: opts.timeout_grace_ms,
+                channel,
+                observers: Observers::default(),
+                pending: Default::default(),
+            };
         Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
+    }
+
+    /// After one of the store's own transactions commits: its statistics
+    /// join the pending ones, its changes go to observers. The first
+    /// pending row starts a timer that writes them all a second later; a
+    /// commit finding them overdue (the timer's write failed) writes them.
+    async fn committed(&self, now: kyu_core::Millis, happened: &kyu_core::tally::Tally) {
+        let pending = &self.inner.settings.pending;
+        let (started, due) = {
+            let mut rows = pending.rows.lock().expect("pending statistics");
+            let was_empty = rows.is_empty();
+            rows.add(happened.minutes(now));
+            (was_empty && !rows.is_empty(), rows.is_due())
+        };
+        self.inner.settings.observers.tell(now, &happened.happenings);
+        if due && let Ok(writing) = pending.writing.try_lock() {
+            let _ = self.write_pending(writing).await;
+        }
+        if started {
+            let store = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                tokio::time::sleep(kyu_core::tally::PendingStats::FLUSH_AFTER).await;
+                if let Some(inner) = store.upgrade() {
+                    let _ = PgStore { inner }.flush().await;
+                }
+            });
+        }
+    }
+
+    /// Writes the pending statistics in one insert; on failure they stay pending.
+    async fn write_pending(&self, _writing: tokio::sync::MutexGuard<'_, ()>) -> Result<(), StoreError> {
+        let pending = &self.inner.settings.pending;
+        let rows = pending.rows.lock().expect("pending statistics").take();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let written = match self.inner.pool.get().await.map_err(pool_err) {
+            Ok(client) => observe::add_minutes(&client, &rows).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &written {
+            tracing::warn!(error = %e, "writing per-minute statistics failed; they stay pending");
+            pending.rows.lock().expect("pending statistics").add(rows);
+        }
+        written
     }
 
     /// Drops a schema and everything in it (what `kyu bench` does with the
@@ -398,6 +449,8 @@ impl Store for PgStore {
         // Folding rides on the rescue's tick, in its own short transaction.
         let folded: Result<(), StoreError> = in_tx!(self, tx => observe::fold(&tx).await);
         folded?;
+        // And the statistics pending when no transaction came to write them.
+        let _ = self.flush().await;
         counts
     }
 
@@ -417,7 +470,16 @@ impl Store for PgStore {
 
     async fn stats(&self, p: StatsParams) -> Result<Vec<kyu_core::tally::StatsPoint>, StoreError> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
-        observe::stats(&client, &p).await
+        let pending = &self.inner.settings.pending;
+        let _writing = pending.writing.lock().await;
+        let mut rows = observe::stats(&client, &p).await?;
+        pending.rows.lock().expect("pending statistics").add_to(&mut rows, p.since, p.queue.as_ref().map(|q| q.as_str()));
+        Ok(kyu_core::tally::points(rows))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let writing = self.inner.settings.pending.writing.lock().await;
+        self.write_pending(writing).await
     }
 
     fn observers(&self) -> &Observers {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use kyu_core::tally::{Histogram, Minute, STATS_KEEP_MS, StatsPoint, WORKER_GONE_MS, WorkerInfo, minute_of};
+use kyu_core::tally::{Histogram, Minute, Minutes, STATS_KEEP_MS, WORKER_GONE_MS, WorkerInfo, minute_of};
 use kyu_core::timeline::JobEvent;
 use kyu_core::{JobId, Millis};
 use kyu_store::{StatsParams, StoreError, WorkerSeenParams};
@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use crate::conn::Conn;
 use crate::error::PgResultExt;
 use crate::read::{job_id, millis, ts};
-use crate::tx::Tx;
+use crate::tx::{MinuteArrays, Tx};
 
 pub(crate) async fn job_events(c: &impl Conn, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
     let row = c
@@ -55,8 +55,9 @@ fn minute_from_row(r: &Row, at: usize) -> Result<Minute, StoreError> {
     })
 }
 
-/// Totals plus the deltas not folded yet, so a read is exact at any time.
-pub(crate) async fn stats(c: &impl Conn, p: &StatsParams) -> Result<Vec<StatsPoint>, StoreError> {
+/// Totals plus the deltas not folded yet, so a read is exact at any time
+/// (the caller adds what this process has not written yet).
+pub(crate) async fn stats(c: &impl Conn, p: &StatsParams) -> Result<Minutes, StoreError> {
     let queue = p.queue.as_ref().map(|q| q.as_str());
     let rows = c
         .query(
@@ -69,12 +70,27 @@ pub(crate) async fn stats(c: &impl Conn, p: &StatsParams) -> Result<Vec<StatsPoi
         )
         .await
         .db()?;
-    let mut out: BTreeMap<(i64, String), Minute> = BTreeMap::new();
+    let mut out = Minutes::new();
     for r in &rows {
-        let key = (r.try_get::<_, i64>(0).db()?, r.try_get::<_, String>(1).db()?);
+        let key = (Millis(r.try_get::<_, i64>(0).db()?), r.try_get::<_, String>(1).db()?);
         out.entry(key).or_default().merge(&minute_from_row(r, 2)?);
     }
-    Ok(out.into_iter().map(|((m, q), row)| row.point(Millis(m), &q)).collect())
+    Ok(out)
+}
+
+/// Appends statistics to `kyu_stats_deltas`, folded later like the rest.
+pub(crate) async fn add_minutes(c: &impl Conn, rows: &Minutes) -> Result<(), StoreError> {
+    let m = MinuteArrays::of(rows);
+    c.execute(
+        "INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
+         SELECT minute, queue, enqueued, completed, failed, retried, wait_hist::jsonb, run_hist::jsonb \
+         FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[]) \
+           AS t(minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)",
+        &[&m.0, &m.1, &m.2, &m.3, &m.4, &m.5, &m.6, &m.7],
+    )
+    .await
+    .db()?;
+    Ok(())
 }
 
 pub(crate) async fn worker_seen<C: Conn>(tx: &Tx<'_, C>, p: WorkerSeenParams) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use kyu_core::Millis;
-use kyu_core::tally::{Happening, Tally};
+use kyu_core::tally::{Happening, Minutes, PendingStats, Tally};
 use kyu_store::{Observers, StoreError, StoreEvent};
 use crate::conn::Conn;
 
@@ -20,6 +20,19 @@ pub(crate) struct Settings {
     pub timeout_grace_ms: i64,
     pub channel: String,
     pub observers: Observers,
+    /// This process's statistics not written yet.
+    pub pending: std::sync::Arc<Pending>,
+}
+
+/// Statistics of the store's own committed transactions, written at most
+/// [`PendingStats::FLUSH_AFTER`] later in one insert (see
+/// [`kyu_core::tally::PendingStats`] for why).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub rows: Mutex<PendingStats>,
+    /// Held while pending rows are written, and by statistics reads, so a
+    /// read never counts rows twice (pending and written) or misses them.
+    pub writing: tokio::sync::Mutex<()>,
 }
 
 pub(crate) struct Tx<'a, C: Conn> {
@@ -39,6 +52,10 @@ pub(crate) struct Tx<'a, C: Conn> {
     /// A single statement in autocommit (the plain enqueue), which writes
     /// its own statistics; [`Tx::notify`] is not called on it.
     pub standalone: bool,
+    /// The store's own transaction: its statistics go to [`Pending`] after
+    /// the commit instead of into the transaction (a caller's transaction
+    /// may roll back after kyu is done with it, so it writes them itself).
+    pub pends_stats: bool,
 }
 
 impl<'a, C: Conn> Tx<'a, C> {
@@ -53,7 +70,13 @@ impl<'a, C: Conn> Tx<'a, C> {
             tally: Mutex::new(Tally::default()),
             counted: Mutex::new(std::collections::BTreeMap::new()),
             standalone: false,
+            pends_stats: false,
         }
+    }
+
+    /// A [`Tx`] for the store's own transaction (see [`Tx::pends_stats`]).
+    pub fn own(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
+        Tx { pends_stats: true, ..Tx::new(c, now, settings) }
     }
 
     /// A [`Tx`] for one statement outside a transaction.
@@ -96,12 +119,13 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// sent once, and finished ids are packed many to a notification, since
     /// every NOTIFY takes a global lock at commit.
     ///
-    /// In the same statement, the transaction's per-minute statistics are
-    /// appended to `kyu_stats_deltas` and its claims' and completions' count
-    /// deltas to `kyu_queue_count_deltas`, so all cost one round trip.
+    /// In the same statement, the transaction's claims' and completions'
+    /// count deltas are appended to `kyu_queue_count_deltas`, and (unless
+    /// [`Tx::pends_stats`]) its per-minute statistics to `kyu_stats_deltas`,
+    /// so all cost one round trip.
     pub async fn notify(&self) -> Result<(), StoreError> {
         let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
-        let minutes = self.tally.lock().expect("tally").minutes(self.now);
+        let minutes = if self.pends_stats { Minutes::new() } else { self.tally.lock().expect("tally").minutes(self.now) };
         let counted = std::mem::take(&mut *self.counted.lock().expect("counted"));
         if payloads.is_empty() && minutes.is_empty() && counted.is_empty() {
             return Ok(());
@@ -114,17 +138,7 @@ impl<'a, C: Conn> Tx<'a, C> {
                 cn.push(n);
             }
         }
-        let mut m = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((minute, queue), row) in minutes {
-            m.0.push(minute.0);
-            m.1.push(queue);
-            m.2.push(row.enqueued);
-            m.3.push(row.completed);
-            m.4.push(row.failed);
-            m.5.push(row.retried);
-            m.6.push(serde_json::to_string(&row.wait).expect("histograms serialise"));
-            m.7.push(serde_json::to_string(&row.run).expect("histograms serialise"));
-        }
+        let m = MinuteArrays::of(&minutes);
         self.c
             .execute(
                 "WITH stats AS ( \
@@ -141,6 +155,35 @@ impl<'a, C: Conn> Tx<'a, C> {
             .await
             .db()?;
         Ok(())
+    }
+}
+
+/// Per-minute rows as the arrays `kyu_stats_deltas` inserts are given.
+pub(crate) struct MinuteArrays(
+    pub Vec<i64>,
+    pub Vec<String>,
+    pub Vec<i64>,
+    pub Vec<i64>,
+    pub Vec<i64>,
+    pub Vec<i64>,
+    pub Vec<String>,
+    pub Vec<String>,
+);
+
+impl MinuteArrays {
+    pub fn of(rows: &Minutes) -> MinuteArrays {
+        let mut m = MinuteArrays(Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((minute, queue), row) in rows {
+            m.0.push(minute.0);
+            m.1.push(queue.clone());
+            m.2.push(row.enqueued);
+            m.3.push(row.completed);
+            m.4.push(row.failed);
+            m.5.push(row.retried);
+            m.6.push(serde_json::to_string(&row.wait).expect("histograms serialise"));
+            m.7.push(serde_json::to_string(&row.run).expect("histograms serialise"));
+        }
+        m
     }
 }
 

@@ -82,6 +82,13 @@ fn uuid_like() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_reach_other_nodes() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let other = other_process_view(&schema).await;
+    kyu_storetest::observe::stats_reach_other_handles(store, other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_reach_other_nodes() {
     let (store, schema) = kyu_postgres::testing::fresh_store().await;
     let other = other_process_view(&schema).await;

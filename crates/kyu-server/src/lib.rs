@@ -302,11 +302,14 @@ pub async fn serve_on<S: Store>(
     }
     tracing::info!(address = %listener.local_addr()?, auth = !config.tokens.is_empty(), https = tls.is_some(), "kyu server listening");
     let limits = config.connections;
-    let app = router(store, config, shutdown.clone());
+    let app = router(store.clone(), config, shutdown.clone());
     connections::serve(listener, tls, app, limits, shutdown.clone()).await;
     background.cancel();
     if let Some(m) = maintenance {
         let _ = m.await;
+    }
+    if let Err(e) = store.flush().await {
+        tracing::warn!(error = %e, "writing the last per-minute statistics failed");
     }
     Ok(())
 }

@@ -318,7 +318,16 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self, p: StatsParams) -> Result<Vec<kyu_core::tally::StatsPoint>, StoreError> {
-        self.read(move |c| observe::stats(c, &p)).await
+        // On the writer thread, which holds the statistics not written yet.
+        self.inner.writer.write(move |tx| observe::stats(tx.conn, &p, tx.pending)).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.writer.write(|tx| {
+            tx.flush = true;
+            Ok(())
+        })
+        .await
     }
 
     fn observers(&self) -> &Observers {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kyu_core::tally::{Histogram, Minute, STATS_KEEP_MS, StatsPoint, Tally, WORKER_GONE_MS, WorkerInfo};
+use kyu_core::tally::{Histogram, Minute, Minutes, PendingStats, STATS_KEEP_MS, StatsPoint, WORKER_GONE_MS, WorkerInfo};
 use kyu_core::timeline::{self, JobEvent};
 use kyu_core::{JobId, JobState, Millis};
 use kyu_store::{StatsParams, StoreError, WorkerSeenParams};
@@ -88,14 +88,11 @@ impl Counted {
     }
 }
 
-/// Adds a transaction's counts to its minutes' rows.
-pub(crate) fn write_minutes(conn: &Connection, now: Millis, tally: &Tally) -> Result<(), StoreError> {
-    if tally.is_empty() {
-        return Ok(());
-    }
-    for ((minute, queue), add) in tally.minutes(now) {
-        let mut row = read_minute(conn, minute, &queue)?.unwrap_or_default();
-        row.merge(&add);
+/// Adds statistics to their minutes' rows.
+pub(crate) fn write_minutes(conn: &Connection, rows: &Minutes) -> Result<(), StoreError> {
+    for ((minute, queue), add) in rows {
+        let mut row = read_minute(conn, *minute, queue)?.unwrap_or_default();
+        row.merge(add);
         conn.prepare_cached(
             "INSERT INTO kyu_stats (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -143,7 +140,8 @@ fn read_minute(conn: &Connection, minute: Millis, queue: &str) -> Result<Option<
     .db()
 }
 
-pub(crate) fn stats(conn: &Connection, p: &StatsParams) -> Result<Vec<StatsPoint>, StoreError> {
+/// The rows asked for, with the statistics this process has not written yet.
+pub(crate) fn stats(conn: &Connection, p: &StatsParams, pending: &PendingStats) -> Result<Vec<StatsPoint>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist FROM kyu_stats \
@@ -152,12 +150,12 @@ pub(crate) fn stats(conn: &Connection, p: &StatsParams) -> Result<Vec<StatsPoint
         .db()?;
     let rows = stmt
         .query_map(params![kyu_core::tally::minute_of(p.since).0, p.queue.as_ref().map(|q| q.as_str())], |r| {
-            let minute = Millis(r.get(0)?);
-            let queue: String = r.get(1)?;
-            Ok(minute_from_row(r, 2)?.point(minute, &queue))
+            Ok(((Millis(r.get(0)?), r.get::<_, String>(1)?), minute_from_row(r, 2)?))
         })
         .db()?;
-    rows.collect::<Result<_, _>>().db()
+    let mut read: Minutes = rows.collect::<Result<_, _>>().db()?;
+    pending.add_to(&mut read, p.since, p.queue.as_ref().map(|q| q.as_str()));
+    Ok(kyu_core::tally::points(read))
 }
 
 pub(crate) fn job_events(conn: &Connection, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {

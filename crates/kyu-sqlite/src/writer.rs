@@ -8,16 +8,22 @@
 //! savepoint (so a refused operation rolls back alone), commits once, and only
 //! then answers each caller and publishes their events. A caller is never
 //! told "done" before its change is on disk.
+//!
+//! Per-minute statistics are the exception: the thread gathers committed
+//! groups' minutes ([`PendingStats`]) and writes them with the first group
+//! a second later, or on its own when no group comes, and when it stops.
+//! Reads of statistics run here too, so they add what is pending exactly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread;
 
 use kyu_core::Millis;
-use kyu_core::tally::Tally;
+use kyu_core::tally::{PendingStats, Tally, merge_minutes};
 use kyu_store::{Observers, StoreError, StoreEvent};
 use rusqlite::Connection;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::SqliteOptions;
 use crate::observe::Counted;
@@ -38,6 +44,10 @@ pub(crate) struct Tx<'a> {
     /// Its hot-path transitions, for the queue counts.
     pub counted: Counted,
     pub opts: &'a SqliteOptions,
+    /// Statistics committed but not written yet, for reads to add.
+    pub pending: &'a PendingStats,
+    /// Set by an operation that wants the pending statistics written with it.
+    pub flush: bool,
 }
 
 trait WriteOp: Send {
@@ -81,7 +91,7 @@ where
 /// Handle to the writer thread. Dropping the last one ends the thread.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    tx: mpsc::UnboundedSender<Box<dyn WriteOp>>,
+    tx: mpsc::Sender<Box<dyn WriteOp>>,
     stats: Arc<Stats>,
 }
 
@@ -94,7 +104,7 @@ pub(crate) struct Stats {
 
 impl Writer {
     pub fn start(conn: Connection, opts: SqliteOptions, events: broadcast::Sender<StoreEvent>, observers: Observers) -> Writer {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let counters = stats.clone();
         thread::Builder::new()
@@ -126,13 +136,32 @@ impl Writer {
 fn writer_loop(
     conn: Connection,
     opts: SqliteOptions,
-    mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
+    rx: mpsc::Receiver<Box<dyn WriteOp>>,
     events: broadcast::Sender<StoreEvent>,
     observers: Observers,
     stats: &Stats,
 ) {
     let mut group: Vec<Box<dyn WriteOp>> = Vec::with_capacity(64);
-    while let Some(first) = rx.blocking_recv() {
+    let mut pending = PendingStats::default();
+    loop {
+        let first = match pending.due_in() {
+            None => rx.recv().ok(),
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    flush_alone(&conn, &mut pending);
+                    return;
+                }
+            },
+        };
+        let Some(first) = first else {
+            if pending.is_empty() {
+                return; // every handle is gone and nothing is pending
+            }
+            flush_alone(&conn, &mut pending);
+            continue;
+        };
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -144,7 +173,7 @@ fn writer_loop(
         stats.operations.fetch_add(group.len() as u64, Ordering::Relaxed);
         let mut published = Vec::new();
         let mut tally = Tally::default();
-        let commit = run_group(&conn, &opts, &mut group, &mut published, &mut tally);
+        let commit = run_group(&conn, &opts, &mut group, &mut published, &mut tally, &mut pending);
         // Observers first: a caller told "done" finds its change counted.
         if let Ok(now) = commit {
             publish(&events, published);
@@ -156,6 +185,21 @@ fn writer_loop(
     }
 }
 
+/// Writes the pending statistics in a transaction of their own: nothing
+/// else came to write them with. On failure they stay pending.
+fn flush_alone(conn: &Connection, pending: &mut PendingStats) {
+    let rows = pending.take();
+    let done = control(conn, "BEGIN IMMEDIATE")
+        .map_err(|e| map_err(e).to_string())
+        .and_then(|_| crate::observe::write_minutes(conn, &rows).map_err(|e| e.to_string()))
+        .and_then(|_| control(conn, "COMMIT").map_err(|e| map_err(e).to_string()));
+    if let Err(e) = done {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::warn!(error = %e, "writing per-minute statistics failed; they stay pending");
+        pending.add(rows);
+    }
+}
+
 /// Runs a transaction-control statement through the statement cache:
 /// `execute_batch` would parse it again on every transaction.
 fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
@@ -164,19 +208,22 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// Runs a group in one transaction and answers its time. `Err` carries the
 /// reason every operation in the group is lost (the transaction could not
-/// start or commit). The group's statistics are written just before the
-/// commit, one row per queue and minute for the whole group.
+/// start or commit). The group's statistics join the pending ones once it
+/// commits; when those are due (or an operation asked), all are written
+/// in the group's transaction, one row per queue and minute.
 fn run_group(
     conn: &Connection,
     opts: &SqliteOptions,
     group: &mut [Box<dyn WriteOp>],
     published: &mut Vec<StoreEvent>,
     tally: &mut Tally,
+    pending: &mut PendingStats,
 ) -> Result<Millis, String> {
     control(conn, "BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
     let now = opts.clock.now();
     let single = group.len() == 1;
     let mut counted = Counted::default();
+    let mut flush = pending.is_due();
     for op in group.iter_mut() {
         let mut tx = Tx {
             conn,
@@ -186,6 +233,8 @@ fn run_group(
             tally: Tally::default(),
             counted: Counted::default(),
             opts,
+            pending,
+            flush: false,
         };
         // A lone operation needs no savepoint: on failure the whole
         // transaction is rolled back below, which is the same thing.
@@ -206,24 +255,37 @@ fn run_group(
                 return Err(map_err(e).to_string());
             }
         }
+        flush |= tx.flush;
         if ok {
             published.append(&mut tx.events);
             tally.append(&mut tx.tally);
             counted.append(&mut tx.counted);
         }
     }
-    if let Err(e) = counted.write(conn).and_then(|_| crate::observe::write_minutes(conn, now, tally)) {
+    let mut minutes = tally.minutes(now);
+    // What was pending before this group, while its write is not committed.
+    let mut before = None;
+    let stats = if flush {
+        let pended = pending.take();
+        let mut rows = pended.clone();
+        merge_minutes(&mut rows, std::mem::take(&mut minutes));
+        before = Some(pended);
+        crate::observe::write_minutes(conn, &rows)
+    } else {
+        Ok(())
+    };
+    let done = counted.write(conn).and(stats).map_err(|e| e.to_string()).and_then(|_| control(conn, "COMMIT").map_err(|e| map_err(e).to_string()));
+    if let Err(e) = done {
         let _ = conn.execute_batch("ROLLBACK");
         published.clear();
         tally.happenings.clear();
-        return Err(e.to_string());
+        // The group's own minutes are lost with it; what was pending stays.
+        if let Some(pended) = before {
+            pending.add(pended);
+        }
+        return Err(e);
     }
-    if let Err(e) = control(conn, "COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
-        published.clear();
-        tally.happenings.clear();
-        return Err(map_err(e).to_string());
-    }
+    pending.add(minutes);
     Ok(now)
 }
 

@@ -20,6 +20,15 @@ async fn two_handles_on_one_file_see_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_reach_another_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let a = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let b = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    kyu_storetest::observe::stats_reach_other_handles(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_jobs_and_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kyu.db");

@@ -178,6 +178,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Writes what the store holds in memory for at most a second (per-minute
+    /// statistics, see [`kyu_core::tally::PendingStats`]). Stores do this on
+    /// their own; a process calls it before it exits so nothing is left.
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Whether events arrive from other processes too (PostgreSQL's
     /// LISTEN/NOTIFY) or only from this one (SQLite), so waiters know how
     /// often they must poll.

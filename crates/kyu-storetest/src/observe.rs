@@ -269,6 +269,46 @@ pub async fn stats_count_per_minute_and_queue<S: Store>(s: S) {
     assert_eq!(later[0].enqueued, 1);
 }
 
+/// Statistics one handle (a process) counted reach another handle's reads
+/// within about a second with nothing else happening, and at once after a
+/// flush; the handle that counted them reads them at once; nobody counts
+/// them twice. For backends where two handles share one database.
+pub async fn stats_reach_other_handles<S: Store>(a: S, b: S) {
+    let queue = "st-shared";
+    let since = Millis(a.clock().now().0 - 120_000);
+    let completed = |s: &S| {
+        let s = s.clone();
+        async move {
+            let points = s.stats(StatsParams { queue: Some(q(queue)), since }).await.unwrap();
+            points.iter().map(|p| p.completed).sum::<i64>()
+        }
+    };
+    for _ in 0..3 {
+        enqueue(&a, spec(queue, "k")).await;
+    }
+    for j in claim(&a, queue, 3).await {
+        complete(&a, &j, json!(null)).await.unwrap();
+    }
+    assert_eq!(completed(&a).await, 3, "the handle that did it reads it at once");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = completed(&b).await;
+        assert!(seen <= 3, "counted twice: {seen}");
+        if seen == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "another handle still sees {seen} of 3 completions after 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    a.flush().await.unwrap();
+    assert_eq!((completed(&a).await, completed(&b).await), (3, 3), "a flush with nothing pending writes nothing");
+    enqueue(&a, spec(queue, "k")).await;
+    let j = claim_one(&a, queue).await;
+    complete(&a, &j, json!(null)).await.unwrap();
+    a.flush().await.unwrap();
+    assert_eq!((completed(&a).await, completed(&b).await), (4, 4), "a flush writes what is pending at once");
+}
+
 #[derive(Default)]
 struct Heard(Mutex<Vec<Happening>>);
 

@@ -101,6 +101,9 @@ impl<S: Store> Worker<S> {
         if let Some(m) = maintenance {
             let _ = m.await;
         }
+        if let Err(e) = shared.store.flush().await {
+            tracing::warn!(error = %e, "writing the last per-minute statistics failed");
+        }
     }
 }
 
