@@ -187,11 +187,12 @@ fn dead_letter_filter(p: &JobRetryManyParams, first: Args) -> Result<(String, Ar
     let state = p.check()?;
     let mut args = first;
     let mut wheres: Vec<String> = Vec::new();
+    // A literal, so the partial index of failed and cancelled jobs applies.
+    wheres.push(format!("state = '{}'", state.as_str()));
     let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>| {
         args.push(v);
         wheres.push(clause.replace('$', &format!("${}", args.len())));
     };
-    filter("state = $", Box::new(state.as_str().to_owned()));
     if let Some(q) = &p.queue {
         filter("queue = $", Box::new(q.as_str().to_owned()));
     }

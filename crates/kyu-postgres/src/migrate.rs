@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_observability.sql")),
     (7, include_str!("migrations/0007_watched.sql")),
     (8, include_str!("migrations/0008_counted.sql")),
+    (9, include_str!("migrations/0009_lists.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

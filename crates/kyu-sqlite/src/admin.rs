@@ -165,11 +165,12 @@ fn dead_letter_filter(p: &JobRetryManyParams, first: Vec<rusqlite::types::Value>
     let state = p.check()?;
     let mut args = first;
     let mut wheres: Vec<String> = Vec::new();
+    // A literal, so the partial index of failed and cancelled jobs applies.
+    wheres.push(format!("state = '{}'", state.as_str()));
     let mut filter = |clause: &str, v: rusqlite::types::Value| {
         args.push(v);
         wheres.push(clause.replace('?', &format!("?{}", args.len())));
     };
-    filter("state = ?", state.as_str().to_owned().into());
     if let Some(q) = &p.queue {
         filter("queue = ?", q.as_str().to_owned().into());
     }

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_deadlines.sql")),
     (5, include_str!("migrations/0005_logs.sql")),
     (6, include_str!("migrations/0006_observability.sql")),
+    (7, include_str!("migrations/0007_lists.sql")),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {
