@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/0007_watched.sql")),
     (8, include_str!("migrations/0008_counted.sql")),
     (9, include_str!("migrations/0009_lists.sql")),
+    (10, include_str!("migrations/0010_hot_heartbeats.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

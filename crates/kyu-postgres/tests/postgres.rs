@@ -81,6 +81,41 @@ fn uuid_like() -> String {
     format!("{:x}{:x}", std::process::id(), Instant::now().elapsed().as_nanos() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()))
 }
 
+/// Heartbeats set `lease_expires_at`, saves `checkpoint`, `progress` and
+/// `events`: none may be in an index (key or predicate), or the update is
+/// never HOT; and pages keep room for the new version (fillfactor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_saves_change_no_indexed_column() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let client = store.pool().get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.relname = 'kyu_jobs' AND n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() >= 5, "indexes of kyu_jobs found: {}", rows.len());
+    for r in &rows {
+        let (name, def): (String, String) = (r.get(0), r.get(1));
+        for column in ["lease_expires_at", "checkpoint", "progress", "events"] {
+            assert!(!def.contains(column), "{name} is on {column}, so updates of it are never HOT: {def}");
+        }
+    }
+    let options: Option<Vec<String>> = client
+        .query_one(
+            "SELECT t.reloptions FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.relname = 'kyu_jobs' AND n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(options.unwrap_or_default().iter().any(|o| o.starts_with("fillfactor=")), "kyu_jobs keeps room on its pages");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_reach_other_nodes() {
     let (store, schema) = kyu_postgres::testing::fresh_store().await;

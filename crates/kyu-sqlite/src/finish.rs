@@ -380,7 +380,9 @@ pub(crate) fn save(tx: &mut Tx<'_>, p: JobSaveParams) -> Result<(), StoreError> 
 /// failed attempts ([`plan_lost`]); due scheduled jobs become queued.
 pub(crate) fn rescue(tx: &mut Tx<'_>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
-        "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
+        // The running rows only (few), sorted: no index is keyed by the lease,
+        // so heartbeats write none (migration 8).
+        "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs INDEXED BY kyu_jobs_running \
          WHERE state = 'running' AND (lease_expires_at < ?1 OR deadline_at < ?1) \
          ORDER BY lease_expires_at LIMIT {}",
         kyu_core::transition::MAINTENANCE_BATCH

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_logs.sql")),
     (6, include_str!("migrations/0006_observability.sql")),
     (7, include_str!("migrations/0007_lists.sql")),
+    (8, include_str!("migrations/0008_heartbeats.sql")),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -160,9 +160,9 @@ pub(crate) fn job_list(conn: &Connection, p: &JobListParams) -> Result<JobPage, 
     // `seq` comes last so the job columns keep the indexes job_from_row
     // expects. The page size is bound, so one cached statement serves all sizes.
     args.push(((limit + 1) as i64).into());
-    // Running jobs are few: read them from their partial index and sort,
-    // rather than walk the rowids newest first, which SQLite picks for the
-    // LIMIT and which visits every job kept.
+    // Running jobs are few: read them from their partial index (in seq
+    // order), rather than walk the rowids newest first, which SQLite picks
+    // for the LIMIT and which visits every job kept.
     let table = if p.state == Some(JobState::Running) { "kyu_jobs INDEXED BY kyu_jobs_running" } else { "kyu_jobs" };
     let sql = format!("SELECT {JOB_COLUMNS}, seq FROM {table} {filter} ORDER BY seq DESC LIMIT ?");
     let mut stmt = conn.prepare_cached(&sql).db()?;
