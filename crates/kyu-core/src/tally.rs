@@ -447,11 +447,6 @@ impl PendingStats {
         self.due_in().is_some_and(|d| d.is_zero())
     }
 
-    /// The pending rows, to write.
-    pub fn rows(&self) -> &Minutes {
-        &self.rows
-    }
-
     /// Takes the pending rows out, to write; give them back with
     /// [`PendingStats::add`] if the write fails.
     pub fn take(&mut self) -> Minutes {
@@ -474,12 +469,7 @@ impl PendingStats {
 /// Adds `add`'s rows to `into`'s.
 pub fn merge_minutes(into: &mut Minutes, add: Minutes) {
     for (k, m) in add {
-        match into.entry(k) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(m);
-            }
-            std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&m),
-        }
+        into.entry(k).or_default().merge(&m);
     }
 }
 

@@ -145,22 +145,24 @@ fn writer_loop(
     let mut pending = PendingStats::default();
     loop {
         let first = match pending.due_in() {
-            None => rx.recv().ok(),
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return, // every handle is gone and nothing is pending
+            },
             Some(wait) => match rx.recv_timeout(wait) {
-                Ok(op) => Some(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    flush_alone(&conn, &mut pending);
-                    return;
+                Ok(op) => op,
+                Err(closed) => {
+                    // Nothing came to write them with: a transaction of their own.
+                    let written = run_group(&conn, &opts, &mut [], &mut Vec::new(), &mut Tally::default(), &mut pending, true);
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "writing per-minute statistics failed; they stay pending");
+                    }
+                    if closed == mpsc::RecvTimeoutError::Disconnected {
+                        return;
+                    }
+                    continue;
                 }
             },
-        };
-        let Some(first) = first else {
-            if pending.is_empty() {
-                return; // every handle is gone and nothing is pending
-            }
-            flush_alone(&conn, &mut pending);
-            continue;
         };
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -173,7 +175,7 @@ fn writer_loop(
         stats.operations.fetch_add(group.len() as u64, Ordering::Relaxed);
         let mut published = Vec::new();
         let mut tally = Tally::default();
-        let commit = run_group(&conn, &opts, &mut group, &mut published, &mut tally, &mut pending);
+        let commit = run_group(&conn, &opts, &mut group, &mut published, &mut tally, &mut pending, false);
         // Observers first: a caller told "done" finds its change counted.
         if let Ok(now) = commit {
             publish(&events, published);
@@ -182,21 +184,6 @@ fn writer_loop(
         for op in group.drain(..) {
             op.finish(commit.clone().map(|_| ()));
         }
-    }
-}
-
-/// Writes the pending statistics in a transaction of their own: nothing
-/// else came to write them with. On failure they stay pending.
-fn flush_alone(conn: &Connection, pending: &mut PendingStats) {
-    let rows = pending.take();
-    let done = control(conn, "BEGIN IMMEDIATE")
-        .map_err(|e| map_err(e).to_string())
-        .and_then(|_| crate::observe::write_minutes(conn, &rows).map_err(|e| e.to_string()))
-        .and_then(|_| control(conn, "COMMIT").map_err(|e| map_err(e).to_string()));
-    if let Err(e) = done {
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::warn!(error = %e, "writing per-minute statistics failed; they stay pending");
-        pending.add(rows);
     }
 }
 
@@ -209,8 +196,9 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Runs a group in one transaction and answers its time. `Err` carries the
 /// reason every operation in the group is lost (the transaction could not
 /// start or commit). The group's statistics join the pending ones once it
-/// commits; when those are due (or an operation asked), all are written
-/// in the group's transaction, one row per queue and minute.
+/// commits; when those are due (or `flush`, or an operation asked), all are
+/// written in the group's transaction, one row per queue and minute. An
+/// empty group with `flush` writes only them.
 fn run_group(
     conn: &Connection,
     opts: &SqliteOptions,
@@ -218,12 +206,13 @@ fn run_group(
     published: &mut Vec<StoreEvent>,
     tally: &mut Tally,
     pending: &mut PendingStats,
+    flush: bool,
 ) -> Result<Millis, String> {
     control(conn, "BEGIN IMMEDIATE").map_err(|e| map_err(e).to_string())?;
     let now = opts.clock.now();
     let single = group.len() == 1;
     let mut counted = Counted::default();
-    let mut flush = pending.is_due();
+    let mut flush = flush || pending.is_due();
     for op in group.iter_mut() {
         let mut tx = Tx {
             conn,

@@ -5,12 +5,18 @@ use kyu_sqlite::{SqliteOptions, SqliteStore};
 use kyu_store::{JobInsertManyParams, Store};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_handles_on_one_file_see_each_other() {
+/// Two stores on one file, as two processes would open it.
+fn two_handles() -> (tempfile::TempDir, SqliteStore, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.db");
     let a = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     let b = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    (dir, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_on_one_file_see_each_other() {
+    let (_dir, a, b) = two_handles();
     let now = Clock::system().now();
     let job = JobSpec::new("q", "k", json!(1)).validate(now, &Limits::default()).unwrap();
     let id = job.id.clone();
@@ -21,10 +27,7 @@ async fn two_handles_on_one_file_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_reach_another_handle() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("shared.db");
-    let a = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-    let b = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let (_dir, a, b) = two_handles();
     kyu_storetest::observe::stats_reach_other_handles(a, b).await;
 }
 
