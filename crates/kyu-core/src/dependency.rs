@@ -239,6 +239,22 @@ pub enum Settled {
     },
 }
 
+/// How many of `finished` (id, final state) a waiting job counts as done,
+/// or `None` when one of them breaks it (then [`settle`] fails it). For a
+/// backend that records finished dependencies apart from the waiting job's
+/// row, and settles the job itself later.
+pub fn satisfied(continue_on_failure: bool, finished: &[(&JobId, JobState)]) -> Option<i64> {
+    let mut n = 0;
+    for (_, state) in finished {
+        match dependency(*state, continue_on_failure) {
+            Dependency::Satisfied => n += 1,
+            Dependency::Broken => return None,
+            Dependency::Pending => {}
+        }
+    }
+    Some(n)
+}
+
 /// A waiting job at `now`, due at `run_at`, with `pending` dependencies
 /// outstanding, learns that `finished` (id, final state) have finished.
 pub fn settle(
@@ -296,6 +312,9 @@ mod tests {
         );
         assert!(matches!(settle(now, now, 2, false, &[(&b, JobState::Cancelled)]), Settled::Fail { dep, .. } if dep == b));
         assert_eq!(settle(now, now, 1, true, &[(&b, JobState::Failed)]), Settled::Count { pending: 0, state: JobState::Queued });
+        assert_eq!(satisfied(false, &[(&a, JobState::Completed), (&b, JobState::Running)]), Some(1));
+        assert_eq!(satisfied(false, &[(&a, JobState::Completed), (&b, JobState::Failed)]), None);
+        assert_eq!(satisfied(true, &[(&a, JobState::Completed), (&b, JobState::Failed)]), Some(2));
     }
 
     #[test]

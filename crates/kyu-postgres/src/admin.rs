@@ -7,7 +7,8 @@ use crate::conn::Conn;
 use tokio_postgres::types::ToSql;
 
 use crate::error::PgResultExt;
-use crate::finish::{End, Finished, finish_many, queue_name, settle_dependents};
+use crate::finish::{End, Finished, finish_many, queue_name};
+use crate::settle::settle_dependents;
 use crate::read::{job_id, job_must, queue_list, state_of, ts};
 use kyu_core::tally::Happening;
 use kyu_core::timeline::{Entry, EventType};
@@ -156,6 +157,8 @@ async fn revive_dependents<C: Conn>(tx: &Tx<'_, C>, seq: i64, id: &JobId) -> Res
         revived.push(found[i].0);
         pending.push(n as i32);
     }
+    // Counts from an earlier wait; the pending counts above are whole.
+    tx.c.execute("DELETE FROM kyu_dep_done WHERE job_seq = ANY($1)", &[&revived]).await.db()?;
     let message = format!("waiting again: `{id}` was retried");
     let rows = tx
         .c
@@ -265,6 +268,7 @@ pub(crate) async fn delete<C: Conn>(tx: &Tx<'_, C>, id: &JobId) -> Result<(), St
 async fn remove<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError> {
     tx.c.execute("DELETE FROM kyu_jobs WHERE seq = ANY($1)", &[&seqs]).await.db()?;
     tx.c.execute("DELETE FROM kyu_job_deps WHERE dep_seq = ANY($1) OR job_seq = ANY($1)", &[&seqs]).await.db()?;
+    tx.c.execute("DELETE FROM kyu_dep_done WHERE job_seq = ANY($1)", &[&seqs]).await.db()?;
     tx.c.execute("DELETE FROM kyu_job_logs WHERE job_seq = ANY($1)", &[&seqs]).await.db()?;
     tx.c.execute("DELETE FROM kyu_job_log_sizes WHERE job_seq = ANY($1)", &[&seqs]).await.db()?;
     Ok(())

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::finish::{Ending, apply, held, queue_name, settle_dependents};
+use crate::finish::{Ending, apply, held, queue_name};
+use crate::settle::settle_dependents;
 use kyu_core::tally::Happening;
 use crate::insert::{insert_many, link_dependencies};
 use crate::read::state_of;
@@ -47,6 +48,8 @@ pub(crate) async fn add_children<C: Conn>(tx: &Tx<'_, C>, p: JobAddChildrenParam
                 None => Vec::new(),
             };
             let ids = with_children(known, &states.iter().map(|s| s.0).collect::<Vec<_>>());
+            // Counts from an earlier wait (it was retried since) are stale.
+            tx.c.execute("DELETE FROM kyu_dep_done WHERE job_seq = $1", &[&parent.seq]).await.db()?;
             tx.c.execute(
                 "UPDATE kyu_jobs SET state = 'waiting', pending_deps = pending_deps + $2, depends_on = $3::text::jsonb, \
                  attempt = attempt - 1, token = NULL, lease_expires_at = NULL, deadline_at = NULL, \

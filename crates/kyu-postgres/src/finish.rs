@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use kyu_core::dependency::{Settled, settle};
 use kyu_core::tally::{AttemptOutcome, Happening, Running, outcome};
-use kyu_core::timeline::{self, Entry, EventType};
-use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report, wakes_workers};
+use kyu_core::timeline::{self, Entry};
+use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report};
 use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use tokio_postgres::Row;
@@ -18,6 +17,7 @@ use tokio_postgres::Row;
 use crate::conn::Conn;
 use crate::error::PgResultExt;
 use crate::read::{job_id, millis, state_of, ts};
+use crate::settle::settle_dependents;
 use crate::tx::Tx;
 
 /// The parts of a running job its end needs.
@@ -150,7 +150,10 @@ pub(crate) async fn report_many<C: Conn>(
         }
     }
     let mut finished: Vec<Finished> = Vec::new();
-    // Completions: one UPDATE whose WHERE is the token fence.
+    // Completions: one UPDATE whose WHERE is the token fence. Only a
+    // running job has a token (a CHECK of the table, migration 11), so the
+    // state is not tested: that let the planner scan the running jobs'
+    // index, dead entries and all, instead of looking each id up.
     let completions: Vec<usize> =
         (0..reports.len()).filter(|&i| out[i].is_none() && matches!(reports[i].outcome, Outcome::Complete { .. })).collect();
     if !completions.is_empty() {
@@ -172,7 +175,7 @@ pub(crate) async fn report_many<C: Conn>(
                    expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
                    lease_expires_at = NULL, deadline_at = NULL, token = NULL \
                  FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
-                 WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' \
+                 WHERE j.id = r.id AND j.token = r.token \
                  RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
@@ -335,115 +338,6 @@ pub(crate) async fn finish_many<C: Conn>(tx: &Tx<'_, C>, ends: Vec<End>) -> Resu
     Ok(())
 }
 
-/// One waiting dependent of finished jobs, as read for [`settle_dependents`].
-struct Dependent {
-    seq: i64,
-    id: JobId,
-    queue: String,
-    run_at: Millis,
-    pending: i32,
-    continue_on_failure: bool,
-    keep_failed_ms: Option<i64>,
-    kind: String,
-    attempt: i32,
-    deps: Vec<i64>,
-}
-
-/// Jobs that reached a terminal state: each waiting dependent is settled
-/// ([`settle`]): released when none is left pending, or failed, naming a
-/// broken one, and its own dependents learn of that in turn. Dependents are read under a row lock, so concurrent
-/// batches finishing children of one parent take turns and each sees the
-/// other's count: a parent is released exactly once however they race.
-pub(crate) async fn settle_dependents<C: Conn>(tx: &Tx<'_, C>, mut finished: Vec<Finished>) -> Result<(), StoreError> {
-    while !finished.is_empty() {
-        let by_seq: HashMap<i64, (JobId, JobState)> = finished.drain(..).map(|f| (f.seq, (f.id, f.state))).collect();
-        let seqs: Vec<i64> = by_seq.keys().copied().collect();
-        let rows = tx
-            .c
-            .query(
-                "SELECT d.dep_seq, j.seq, j.id, j.queue, j.run_at, j.pending_deps, j.continue_on_failure, j.keep_failed_ms, \
-                   j.kind, j.attempt \
-                 FROM kyu_job_deps d JOIN kyu_jobs j ON j.seq = d.job_seq \
-                 WHERE d.dep_seq = ANY($1) AND j.state = 'waiting' ORDER BY j.seq FOR UPDATE OF j",
-                &[&seqs],
-            )
-            .await
-            .db()?;
-        let mut dependents: Vec<Dependent> = Vec::new();
-        for r in &rows {
-            let dep: i64 = r.try_get(0).db()?;
-            let seq: i64 = r.try_get(1).db()?;
-            match dependents.last_mut() {
-                Some(d) if d.seq == seq => d.deps.push(dep),
-                _ => dependents.push(Dependent {
-                    seq,
-                    id: job_id(r.try_get(2).db()?)?,
-                    queue: r.try_get(3).db()?,
-                    run_at: millis(r.try_get(4).db()?),
-                    pending: r.try_get(5).db()?,
-                    continue_on_failure: r.try_get(6).db()?,
-                    keep_failed_ms: r.try_get(7).db()?,
-                    kind: r.try_get(8).db()?,
-                    attempt: r.try_get(9).db()?,
-                    deps: vec![dep],
-                }),
-            }
-        }
-        let (mut seqs, mut left, mut states, mut ready) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut ends = Vec::new();
-        for d in dependents {
-            let deps: Vec<(&JobId, JobState)> = d.deps.iter().map(|dep| (&by_seq[dep].0, by_seq[dep].1)).collect();
-            let changed = |state| Happening::Changed {
-                id: d.id.clone(),
-                queue: queue_name(&d.queue),
-                kind: d.kind.clone(),
-                state,
-                attempt: d.attempt,
-            };
-            match settle(tx.now, d.run_at, i64::from(d.pending), d.continue_on_failure, &deps) {
-                Settled::Fail { error, .. } => {
-                    tx.happened(changed(JobState::Failed));
-                    let entries = vec![Entry::with(EventType::Failed, error.clone())];
-                    ends.push(End {
-                        seq: d.seq,
-                        state: JobState::Failed,
-                        error: Some(error),
-                        keep_failed_ms: d.keep_failed_ms,
-                        entries,
-                    });
-                    finished.push(Finished { seq: d.seq, id: d.id, state: JobState::Failed });
-                }
-                Settled::Count { pending, state } => {
-                    if wakes_workers(state) {
-                        tx.event(StoreEvent::JobsAvailable(queue_name(&d.queue)));
-                    }
-                    let is_ready = state != JobState::Waiting;
-                    if is_ready {
-                        tx.happened(changed(state));
-                    }
-                    ready.push(is_ready.then(|| EventType::Ready.as_str()));
-                    seqs.push(d.seq);
-                    left.push(pending as i32);
-                    states.push(state.as_str());
-                }
-            }
-        }
-        if !seqs.is_empty() {
-            tx.c.execute(
-                "UPDATE kyu_jobs j SET pending_deps = x.remaining, state = x.state, \
-                   events = kyu_event_push(j.events, $4::text, x.ready, NULL, NULL, NULL) \
-                 FROM unnest($1::int8[], $2::int4[], $3::text[], $5::text[]) AS x(seq, remaining, state, ready) \
-                 WHERE j.seq = x.seq",
-                &[&seqs, &left, &states, &tx.now_str, &ready],
-            )
-            .await
-            .db()?;
-        }
-        finish_many(tx, ends).await?;
-    }
-    Ok(())
-}
-
 pub(crate) async fn heartbeat_many<C: Conn>(
     tx: &Tx<'_, C>,
     p: JobHeartbeatParams,
@@ -451,11 +345,12 @@ pub(crate) async fn heartbeat_many<C: Conn>(
     let lease = tx.now.plus_ms(p.lease_ms);
     let ids: Vec<&str> = p.jobs.iter().map(|(id, _)| id.as_str()).collect();
     let tokens: Vec<&str> = p.jobs.iter().map(|(_, t)| t.as_str()).collect();
+    // Fenced by the token alone, as completions are (see report_many).
     let rows = tx
         .c
         .query(
             "UPDATE kyu_jobs j SET lease_expires_at = $1 FROM unnest($2::text[], $3::text[]) AS r(id, token) \
-             WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' RETURNING j.id, j.cancel_requested",
+             WHERE j.id = r.id AND j.token = r.token RETURNING j.id, j.cancel_requested",
             &[&ts(lease), &ids, &tokens],
         )
         .await
@@ -533,6 +428,7 @@ pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, Stor
     let expired = steps.len() as u64;
     let finished = apply(tx, steps).await?;
     settle_dependents(tx, finished).await?;
+    crate::settle::sweep(tx).await?;
     let promoted = promote_due(tx, None).await?;
     Ok(RescueCounts { expired, promoted })
 }

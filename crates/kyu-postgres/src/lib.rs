@@ -34,6 +34,7 @@ mod migrate;
 mod observe;
 mod read;
 mod schedules;
+mod settle;
 mod tls;
 mod tx;
 
@@ -138,9 +139,13 @@ macro_rules! in_tx {
         let out = $body?;
         $tx.notify().await?;
         let (now, happened) = $tx.take_tally();
+        let recheck = $tx.take_recheck();
         drop($tx);
         t.commit().await.db()?;
         $store.committed(now, &happened).await;
+        if !recheck.is_empty() {
+            $store.settle_after_commit(&mut client, recheck).await;
+        }
         Ok(out)
     }};
 }
@@ -244,6 +249,36 @@ impl PgStore {
                     let _ = PgStore { inner }.flush().await;
                 }
             });
+        }
+    }
+
+    /// After a commit that counted finished dependencies of waiting jobs:
+    /// settles those whose count is now zero (see `settle.rs`), and so on
+    /// for what that settling counted. On failure maintenance does it.
+    async fn settle_after_commit(&self, client: &mut deadpool_postgres::Client, mut seqs: Vec<i64>) {
+        while !seqs.is_empty() {
+            let due = match settle::due_for_release(&*client, &seqs).await {
+                Ok(due) if due.is_empty() => return,
+                Ok(due) => due,
+                Err(e) => return tracing::warn!(error = %e, "checking waiting jobs after a commit failed; maintenance will"),
+            };
+            let settled: Result<Vec<i64>, StoreError> = async {
+                let t = client.transaction().await.db()?;
+                let tx = Tx::own(&t, self.inner.clock.now(), &self.inner.settings);
+                settle::settle_counted(&tx, &due, false).await?;
+                tx.notify().await?;
+                let (now, happened) = tx.take_tally();
+                let next = tx.take_recheck();
+                drop(tx);
+                t.commit().await.db()?;
+                self.committed(now, &happened).await;
+                Ok(next)
+            }
+            .await;
+            match settled {
+                Ok(next) => seqs = next,
+                Err(e) => return tracing::warn!(error = %e, "settling waiting jobs after a commit failed; maintenance will"),
+            }
         }
     }
 

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("migrations/0008_counted.sql")),
     (9, include_str!("migrations/0009_lists.sql")),
     (10, include_str!("migrations/0010_hot_heartbeats.sql")),
+    (11, include_str!("migrations/0011_fan_in.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

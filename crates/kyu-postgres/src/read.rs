@@ -13,11 +13,24 @@ use crate::conn::Conn;
 
 use crate::error::PgResultExt;
 
-/// The columns [`job_from_row`] reads, in its order.
-pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
-     max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, pending_deps, continue_on_failure, \
+/// A waiting job's dependencies still pending, for a query over `kyu_jobs j`:
+/// `pending_deps` less those counted in `kyu_dep_done` (see `settle.rs`).
+macro_rules! pending {
+    () => {
+        "greatest(j.pending_deps - coalesce((SELECT sum(x.n) FROM kyu_dep_done x WHERE x.job_seq = j.seq), 0), 0)::int4"
+    };
+}
+pub(crate) const PENDING: &str = pending!();
+
+/// The columns [`job_from_row`] reads, in its order, for a query over `kyu_jobs j`.
+pub(crate) const JOB_COLUMNS: &str = concat!(
+    "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
+     max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, ",
+    pending!(),
+    ", continue_on_failure, \
      result, keep_result_ms, errors, progress, tags, group_key, cancel_requested, created_at, started_at, \
-     finished_at, lease_expires_at, worker, keep_failed_ms";
+     finished_at, lease_expires_at, worker, keep_failed_ms"
+);
 
 /// Millis to a `timestamptz` parameter.
 pub(crate) fn ts(m: Millis) -> SystemTime {
@@ -94,7 +107,7 @@ pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
 }
 
 pub(crate) async fn job_get(c: &impl Conn, id: &str) -> Result<Option<Job>, StoreError> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = $1");
+    let sql = format!("SELECT {JOB_COLUMNS} FROM kyu_jobs j WHERE id = $1");
     let Some(row) = c.query_opt(&sql, &[&id]).await.db()? else { return Ok(None) };
     let mut job = job_from_row(&row)?;
     let rows = c
@@ -152,7 +165,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
     // The page size is a parameter, so one prepared statement serves every size.
     args.push(Box::new((limit + 1) as i64));
-    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs {filter} ORDER BY seq DESC LIMIT ${}", args.len());
+    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs j {filter} ORDER BY seq DESC LIMIT ${}", args.len());
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
     let rows = c.query(&sql, &params).await.db()?;
     let more = rows.len() > limit;

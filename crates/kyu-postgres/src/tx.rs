@@ -52,10 +52,14 @@ pub(crate) struct Tx<'a, C: Conn> {
     /// A single statement in autocommit (the plain enqueue), which writes
     /// its own statistics; [`Tx::notify`] is not called on it.
     pub standalone: bool,
-    /// The store's own transaction: its statistics go to [`Pending`] after
-    /// the commit instead of into the transaction (a caller's transaction
-    /// may roll back after kyu is done with it, so it writes them itself).
-    pub pends_stats: bool,
+    /// The store's own transaction, not a caller's: its statistics go to
+    /// [`Pending`] after the commit instead of into the transaction (a
+    /// caller's may roll back after kyu is done with it, so it writes them
+    /// itself), and kyu can act once it has committed (see `settle.rs`).
+    pub own: bool,
+    /// Waiting jobs whose dependencies this transaction counted without
+    /// releasing them, to check again once it commits (see `settle.rs`).
+    recheck: Mutex<Vec<i64>>,
 }
 
 impl<'a, C: Conn> Tx<'a, C> {
@@ -70,13 +74,14 @@ impl<'a, C: Conn> Tx<'a, C> {
             tally: Mutex::new(Tally::default()),
             counted: Mutex::new(std::collections::BTreeMap::new()),
             standalone: false,
-            pends_stats: false,
+            own: false,
+            recheck: Mutex::new(Vec::new()),
         }
     }
 
-    /// A [`Tx`] for the store's own transaction (see [`Tx::pends_stats`]).
+    /// A [`Tx`] for the store's own transaction (see [`Tx::own`]).
     pub fn own(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
-        Tx { pends_stats: true, ..Tx::new(c, now, settings) }
+        Tx { own: true, ..Tx::new(c, now, settings) }
     }
 
     /// A [`Tx`] for one statement outside a transaction.
@@ -109,6 +114,17 @@ impl<'a, C: Conn> Tx<'a, C> {
         *c.entry((queue.to_owned(), to)).or_default() += n;
     }
 
+    /// Checks waiting job `seq` again after the commit: its count may be
+    /// zero once transactions in flight with this one have committed too.
+    pub fn recheck_after_commit(&self, seq: i64) {
+        self.recheck.lock().expect("recheck").push(seq);
+    }
+
+    /// The waiting jobs to check again after the commit.
+    pub fn take_recheck(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.recheck.lock().expect("recheck"))
+    }
+
     /// Records an event to send when the transaction commits.
     pub fn event(&self, e: StoreEvent) {
         self.events.lock().expect("events").push(e);
@@ -121,11 +137,11 @@ impl<'a, C: Conn> Tx<'a, C> {
     ///
     /// In the same statement, the transaction's claims' and completions'
     /// count deltas are appended to `kyu_queue_count_deltas`, and (unless
-    /// [`Tx::pends_stats`]) its per-minute statistics to `kyu_stats_deltas`,
+    /// [`Tx::own`]) its per-minute statistics to `kyu_stats_deltas`,
     /// so all cost one round trip.
     pub async fn notify(&self) -> Result<(), StoreError> {
         let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
-        let minutes = if self.pends_stats { Minutes::new() } else { self.tally.lock().expect("tally").minutes(self.now) };
+        let minutes = if self.own { Minutes::new() } else { self.tally.lock().expect("tally").minutes(self.now) };
         let counted = std::mem::take(&mut *self.counted.lock().expect("counted"));
         if payloads.is_empty() && minutes.is_empty() && counted.is_empty() {
             return Ok(());

@@ -116,6 +116,26 @@ async fn heartbeats_and_saves_change_no_indexed_column() {
     assert!(options.unwrap_or_default().iter().any(|o| o.starts_with("fillfactor=")), "kyu_jobs keeps room on its pages");
 }
 
+/// Reports and heartbeats are fenced by the token alone, so the table
+/// itself holds that only a running job has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_running_job_holds_a_token() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let job = spec("tokens");
+    let id = job.id.clone();
+    store.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await.unwrap();
+    let client = store.pool().get().await.unwrap();
+    let err = client.execute("UPDATE kyu_jobs SET token = 'forged' WHERE id = $1", &[&id.as_str()]).await.unwrap_err();
+    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("kyu_jobs_token_only_running"), "{err:?}");
+    let claimed = claim_one(&store, "tokens").await;
+    let report = |token: String| Report { id: id.clone(), token, outcome: Outcome::Complete { result: json!(1) } };
+    assert_eq!(store.job_report_many(vec![report(claimed.token.clone())]).await.unwrap().remove(0).unwrap(), JobState::Completed);
+    let token: Option<String> =
+        client.query_one("SELECT token FROM kyu_jobs WHERE id = $1", &[&id.as_str()]).await.unwrap().get(0);
+    assert_eq!(token, None, "completing clears it");
+    assert!(store.job_report_many(vec![report(claimed.token)]).await.unwrap().remove(0).is_err(), "a second report is refused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_reach_other_nodes() {
     let (store, schema) = kyu_postgres::testing::fresh_store().await;
@@ -225,6 +245,102 @@ async fn children_finishing_at_once_release_the_parent_once() {
         .jobs;
     assert_eq!(got.len(), 1, "released exactly once");
     assert_eq!(got[0].dependency_results.len(), n);
+}
+
+/// A child that fails while its siblings complete on other connections
+/// fails the parent once, naming it; the siblings' completions, counted
+/// without waiting for the parent, change nothing after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_child_among_concurrent_completions_fails_the_parent_once() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let n = 48;
+    let now = Clock::system().now();
+    let children: Vec<_> = (0..n).map(|_| JobSpec::new("kids", "k", json!(null)).validate(now, &Limits::default()).unwrap()).collect();
+    let mut parent = JobSpec::new("parents", "p", json!(null));
+    parent.depends_on = children.iter().map(|c| c.id.to_string()).collect();
+    let parent = parent.validate(now, &Limits::default()).unwrap();
+    let parent_id = parent.id.clone();
+    let mut jobs = children;
+    jobs.push(parent);
+    store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    let claimed = store
+        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("kids").unwrap()], worker: "w".into(), max: n, lease_ms: 60_000 })
+        .await
+        .unwrap()
+        .jobs;
+    let broken = claimed[n / 2].id.clone();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|j| {
+            let (store, barrier, fail) = (store.clone(), barrier.clone(), j.id == broken);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let outcome = if fail {
+                    Outcome::Fail { error: "boom".into(), failure: kyu_core::transition::Failure { retry: false, retry_in_ms: None } }
+                } else {
+                    Outcome::Complete { result: json!(1) }
+                };
+                store.job_report_many(vec![Report { id: j.id, token: j.token, outcome }]).await.unwrap().remove(0).unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let parent = store.job_get(&parent_id).await.unwrap().unwrap();
+    assert_eq!(parent.state, JobState::Failed);
+    assert_eq!(parent.errors.len(), 1, "failed once: {:?}", parent.errors);
+    assert!(parent.errors[0].message.contains(broken.as_str()), "{}", parent.errors[0].message);
+    store.job_rescue().await.unwrap();
+    let left: i64 = store.pool().get().await.unwrap().query_one("SELECT count(*) FROM kyu_dep_done", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "maintenance clears counts of jobs no longer waiting");
+}
+
+/// Completions counted by a node that stopped between its commit and its
+/// check: maintenance releases the parent, and folds the counts of a parent
+/// still waiting into its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_settles_counts_no_commit_checked() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let now = Clock::system().now();
+    let children: Vec<_> = (0..3).map(|_| JobSpec::new("kids", "k", json!(null)).validate(now, &Limits::default()).unwrap()).collect();
+    let mut released = JobSpec::new("parents", "p", json!(null));
+    released.depends_on = vec![children[0].id.to_string()];
+    let released = released.validate(now, &Limits::default()).unwrap();
+    let mut waiting = JobSpec::new("parents", "p", json!(null));
+    waiting.depends_on = vec![children[1].id.to_string(), children[2].id.to_string()];
+    let waiting = waiting.validate(now, &Limits::default()).unwrap();
+    let (released_id, waiting_id) = (released.id.clone(), waiting.id.clone());
+    let mut jobs = children;
+    jobs.extend([released, waiting]);
+    store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    // What a completion appends; the check after its commit never ran.
+    let client = store.pool().get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO kyu_dep_done (job_seq, n) SELECT seq, 1 FROM kyu_jobs WHERE id = ANY($1)",
+            &[&vec![released_id.as_str(), waiting_id.as_str()]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.job_get(&released_id).await.unwrap().unwrap().pending_dependencies, 0);
+    assert_eq!(store.job_get(&waiting_id).await.unwrap().unwrap().pending_dependencies, 1);
+    store.job_rescue().await.unwrap();
+    assert_eq!(store.job_get(&released_id).await.unwrap().unwrap().state, JobState::Queued);
+    let w = store.job_get(&waiting_id).await.unwrap().unwrap();
+    assert_eq!((w.state, w.pending_dependencies), (JobState::Waiting, 1));
+    let (rows, folded): (i64, i32) = {
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM kyu_dep_done), (SELECT pending_deps FROM kyu_jobs WHERE id = $1)",
+                &[&waiting_id.as_str()],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, folded), (0, 1), "counts folded into the row");
 }
 
 /// The LISTEN connection is killed: the store reconnects on its own and
