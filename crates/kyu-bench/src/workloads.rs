@@ -17,17 +17,17 @@ use crate::Figure;
 pub struct Shape {
     /// Handlers at once.
     pub concurrency: usize,
-    /// Jobs per claim.
-    pub batch: usize,
+    /// Jobs per claim; `None`: the worker's own choice.
+    pub batch: Option<usize>,
     /// Idle polling interval (zero over HTTP, where claims long-poll).
     pub poll: Duration,
 }
 
 impl Shape {
     /// The Rust API worker.
-    pub const RUST: Shape = Shape { concurrency: 16, batch: 16, poll: Duration::from_millis(200) };
+    pub const RUST: Shape = Shape { concurrency: 16, batch: None, poll: Duration::from_millis(200) };
     /// A worker over the HTTP protocol.
-    pub const HTTP: Shape = Shape { concurrency: 50, batch: 50, poll: Duration::ZERO };
+    pub const HTTP: Shape = Shape { concurrency: 50, batch: Some(50), poll: Duration::ZERO };
 }
 /// Jobs per insert statement group in bulk enqueues.
 pub const ENQUEUE_CHUNK: usize = 5_000;

@@ -398,12 +398,12 @@ pub struct WorkArgs {
     /// Commands running at once [default: the number of CPUs] [env: KYU_CONCURRENCY].
     #[arg(long, short = 'c')]
     pub concurrency: Option<usize>,
-    /// Most jobs claimed at a time, at most the concurrency [default: the concurrency] [env: KYU_BATCH].
+    /// Most jobs claimed at a time [default: as many as it can take: free slots and the prefetch, at most 1000] [env: KYU_BATCH].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Most jobs held ahead of free slots while the queue has a backlog and
     /// commands are short (a held job starts within about 50 ms); 0 claims
-    /// only into free slots [default: the concurrency] [env: KYU_PREFETCH].
+    /// only into free slots [default: 7 × the concurrency] [env: KYU_PREFETCH].
     #[arg(long)]
     pub prefetch: Option<usize>,
     /// Lease per claim; heartbeats renew it every third of it [default: 30s] [env: KYU_LEASE].

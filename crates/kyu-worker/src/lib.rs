@@ -44,6 +44,6 @@ pub use context::JobContext;
 pub use error::JobError;
 pub use maintenance::{MaintenanceConfig, run_maintenance};
 pub use scheduler::scheduler_pass;
-pub use worker::{Worker, WorkerBuilder, WorkerConfig};
+pub use worker::{MOST_PER_CLAIM, PREFETCH_PER_SLOT, Worker, WorkerBuilder, WorkerConfig};
 
 pub use tokio_util::sync::CancellationToken;

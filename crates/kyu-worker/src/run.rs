@@ -172,7 +172,7 @@ struct Claimed {
 fn prefetch_allowance<S>(shared: &Shared<S>) -> usize {
     let cfg = &shared.config;
     let avg_us = shared.run_avg_us.load(std::sync::atomic::Ordering::Relaxed);
-    let most = cfg.prefetch.unwrap_or(cfg.concurrency);
+    let most = cfg.most_prefetch();
     if most == 0 || avg_us == u64::MAX {
         return 0;
     }
@@ -223,12 +223,13 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
         if !stopping && !idle && inflight.len() < CLAIMS_IN_FLIGHT {
             let running = cfg.concurrency - slots.available_permits();
             let capacity = cfg.concurrency + prefetch_allowance(shared);
-            let mut want = capacity.saturating_sub(running + held.len() + asked_inflight).min(cfg.batch);
+            let batch = cfg.claim_size(capacity);
+            let mut want = capacity.saturating_sub(running + held.len() + asked_inflight).min(batch);
             if let Some(l) = left {
                 want = want.min(l as usize);
             }
             // A second claim waits until it is worth a round trip.
-            let worth = if inflight.is_empty() { 1 } else { (cfg.batch / 2).max(1) };
+            let worth = if inflight.is_empty() { 1 } else { (batch / 2).max(1) };
             if want >= worth {
                 let params = JobClaimParams {
                     queues: cfg.queues.clone(),
@@ -302,7 +303,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
                 // Handlers that finish together free their slots a few
                 // microseconds apart; one yield lets them all land, so the
                 // next claim (and the reports it carries) covers a batch.
-                if slots.available_permits() + 1 < cfg.batch {
+                if slots.available_permits() + 1 < cfg.concurrency.min(cfg.claim_size(cfg.concurrency)) {
                     tokio::task::yield_now().await;
                 }
             }

@@ -23,13 +23,16 @@ pub struct WorkerConfig {
     pub name: String,
     /// Most handlers running at once.
     pub concurrency: usize,
-    /// Most jobs claimed in one call.
-    pub batch: usize,
+    /// Most jobs claimed in one call. `None` (the default): as many as it
+    /// can take, its free slots and what it may hold ahead of them (at most
+    /// [`MOST_PER_CLAIM`]): while the queue has a backlog one transaction
+    /// claims many jobs, when it has none a claim takes what is there.
+    pub batch: Option<usize>,
     /// Most jobs claimed ahead of free slots, started as slots free. Only
     /// while the queue has a backlog and handlers are short enough that a
     /// held job starts within about 50 ms; long jobs are never held.
-    /// `None` (the default): as many as `concurrency`; `Some(0)` claims
-    /// only into free slots.
+    /// `None` (the default): [`PREFETCH_PER_SLOT`] × `concurrency`;
+    /// `Some(0)` claims only into free slots.
     pub prefetch: Option<usize>,
     /// Lease per claim; heartbeats extend it every `lease / 3`.
     pub lease: Duration,
@@ -59,13 +62,37 @@ pub struct WorkerConfig {
     pub runs: Option<String>,
 }
 
+/// Jobs a worker may hold ahead of each of its slots by default (see
+/// [`WorkerConfig::prefetch`]). Measured on PostgreSQL W1 (concurrency 16,
+/// no-op jobs), jobs/s and commits per job by the most a claim takes:
+/// 16: 8,200 and 0.08; 64: 13,900 and 0.034; 128: 16,800 and 0.019.
+/// Celery holds 4 per slot whatever the jobs' length; kyu holds only what
+/// starts within 50 ms, so long jobs are never held.
+pub const PREFETCH_PER_SLOT: usize = 7;
+
+/// Most jobs in one claim: what the HTTP API takes.
+pub const MOST_PER_CLAIM: usize = 1000;
+
+impl WorkerConfig {
+    /// The most jobs held ahead of free slots.
+    pub(crate) fn most_prefetch(&self) -> usize {
+        self.prefetch.unwrap_or(self.concurrency * PREFETCH_PER_SLOT)
+    }
+
+    /// The most jobs one claim asks for, `capacity` being what the worker
+    /// can take now.
+    pub(crate) fn claim_size(&self, capacity: usize) -> usize {
+        self.batch.unwrap_or(capacity).min(MOST_PER_CLAIM)
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             queues: Vec::new(),
             name: default_name(),
             concurrency: 10,
-            batch: 10,
+            batch: None,
             prefetch: None,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
@@ -141,9 +168,10 @@ impl<S: Store> WorkerBuilder<S> {
         self
     }
 
-    /// Most jobs per claim (at least 1).
-    pub fn batch(mut self, n: usize) -> Self {
-        self.config.batch = n.max(1);
+    /// Most jobs per claim (at least 1), or `None` for the worker's own
+    /// choice (see [`WorkerConfig::batch`]).
+    pub fn batch(mut self, n: impl Into<Option<usize>>) -> Self {
+        self.config.batch = n.into().map(|n| n.max(1));
         self
     }
 
@@ -232,7 +260,8 @@ impl<S: Store> WorkerBuilder<S> {
             self.config.queues.push(QueueName::default());
         }
         self.config.concurrency = self.config.concurrency.max(1);
-        self.config.batch = self.config.batch.clamp(1, self.config.concurrency);
+        let most = self.config.concurrency + self.config.most_prefetch();
+        self.config.batch = self.config.batch.map(|b| b.clamp(1, most.min(MOST_PER_CLAIM)));
         Worker { store: self.store, config: self.config, handlers: self.handlers, fallback: self.fallback }
     }
 }

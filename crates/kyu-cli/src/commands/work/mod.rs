@@ -58,7 +58,7 @@ pub async fn work<S: Store>(store: S, settings: &Resolved, a: WorkArgs, remote: 
         queues,
         name: w.name.clone().unwrap_or(defaults.name.clone()),
         concurrency,
-        batch: w.batch.unwrap_or(concurrency),
+        batch: w.batch,
         prefetch: w.prefetch,
         lease: w.lease.0,
         poll_interval: if remote { Duration::ZERO } else { w.poll.0 },
