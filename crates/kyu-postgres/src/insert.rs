@@ -144,16 +144,27 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
     rows.iter().map(|row| Ok((row.try_get(0).db()?, row.try_get(1).db()?))).collect()
 }
 
+/// Inserts in the given order: each run of jobs without unique keys or
+/// dependencies in one statement, the others one at a time (a flow's
+/// 10,000 children are one statement, its parent one more).
 pub(crate) async fn insert_many<C: Conn>(tx: &Tx<'_, C>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
-    if jobs.iter().all(|j| j.unique_key.is_none() && j.depends_on.is_empty()) {
-        insert_plain(tx, jobs).await
-    } else {
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            out.push(insert_one(tx, job).await?);
+    let plain = |j: &NewJob| j.unique_key.is_none() && j.depends_on.is_empty();
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut run: Vec<NewJob> = Vec::new();
+    for job in jobs {
+        if plain(&job) {
+            run.push(job);
+            continue;
         }
-        Ok(out)
+        if !run.is_empty() {
+            out.extend(insert_plain(tx, std::mem::take(&mut run)).await?);
+        }
+        out.push(insert_one(tx, job).await?);
     }
+    if !run.is_empty() {
+        out.extend(insert_plain(tx, run).await?);
+    }
+    Ok(out)
 }
 
 /// No unique keys, no dependencies: the whole batch in one statement.
