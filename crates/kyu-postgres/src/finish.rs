@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use kyu_core::tally::{AttemptOutcome, Happening, Running, outcome};
 use kyu_core::timeline::{self, Entry};
 use kyu_core::transition::{Attempt, Lost, Outcome, Step, check_token, lost, plan_lost, plan_report};
-use kyu_core::{Backoff, JobId, JobState, Millis, QueueName};
+use kyu_core::{JobId, JobState, Millis, QueueName};
 use kyu_store::{Heartbeat, JobHeartbeatParams, JobSaveParams, Report, RescueCounts, StoreError, StoreEvent};
 use tokio_postgres::Row;
 
@@ -51,7 +51,7 @@ fn held_from_row(r: &Row) -> Result<Held, StoreError> {
         attempt: Attempt {
             attempt: r.try_get(3).db()?,
             max_attempts: r.try_get(4).db()?,
-            backoff: serde_json::from_value::<Backoff>(r.try_get(5).db()?).map_err(|e| StoreError::Backend(e.into()))?,
+            backoff: crate::read::backoff_of(r.try_get(5).db()?).map_err(|e| StoreError::Backend(e.into()))?,
             cancel_requested: r.try_get(6).db()?,
         },
         keep_failed_ms: r.try_get(7).db()?,

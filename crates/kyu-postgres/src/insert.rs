@@ -28,7 +28,7 @@ struct Rows {
     priority: Vec<i32>,
     run_at: Vec<SystemTime>,
     max_attempts: Vec<i32>,
-    backoff: Vec<String>,
+    backoff: Vec<Option<String>>,
     timeout_ms: Vec<Option<i64>>,
     unique_key: Vec<Option<String>>,
     unique_for_ms: Vec<Option<i64>>,
@@ -69,7 +69,7 @@ impl Rows {
         self.priority.push(job.priority);
         self.run_at.push(ts(job.run_at));
         self.max_attempts.push(job.max_attempts);
-        self.backoff.push(to_json(&job.backoff));
+        self.backoff.push(crate::read::backoff_to_store(&job.backoff));
         self.timeout_ms.push(job.timeout_ms);
         self.unique_key.push(job.unique_key.clone());
         self.unique_for_ms.push(job.unique_for_ms);

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("migrations/0009_lists.sql")),
     (10, include_str!("migrations/0010_hot_heartbeats.sql")),
     (11, include_str!("migrations/0011_fan_in.sql")),
+    (12, include_str!("migrations/0012_default_backoff.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

@@ -32,6 +32,16 @@ pub(crate) const JOB_COLUMNS: &str = concat!(
      finished_at, lease_expires_at, worker, keep_failed_ms"
 );
 
+/// A stored backoff: NULL is the default (schema version 12).
+pub(crate) fn backoff_of(v: Option<Value>) -> Result<Backoff, serde_json::Error> {
+    v.map_or(Ok(Backoff::default()), serde_json::from_value)
+}
+
+/// What to store for `b`: NULL for the default.
+pub(crate) fn backoff_to_store(b: &Backoff) -> Option<String> {
+    (*b != Backoff::default()).then(|| serde_json::to_string(b).expect("backoffs serialise"))
+}
+
 /// Millis to a `timestamptz` parameter.
 pub(crate) fn ts(m: Millis) -> SystemTime {
     if m.0 >= 0 {
@@ -75,7 +85,7 @@ pub(crate) fn job_from_row(r: &Row) -> Result<Job, StoreError> {
         run_at: get_ts(7)?.unwrap_or_default(),
         attempt: r.try_get(8).db()?,
         max_attempts: r.try_get(9).db()?,
-        backoff: serde_json::from_value::<Backoff>(r.try_get(10).db()?).map_err(|e| bad("backoff", e))?,
+        backoff: backoff_of(r.try_get(10).db()?).map_err(|e| bad("backoff", e))?,
         timeout_ms: r.try_get(11).db()?,
         unique_key: r.try_get(12).db()?,
         unique_for_ms: r.try_get(13).db()?,

@@ -136,6 +136,31 @@ async fn only_a_running_job_holds_a_token() {
     assert!(store.job_report_many(vec![report(claimed.token)]).await.unwrap().remove(0).is_err(), "a second report is refused");
 }
 
+/// The default backoff is stored as NULL (a third of a plain job's row,
+/// written at each of its transitions); any other is stored, and both read
+/// back as they were given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_backoff_is_not_stored() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let plain = spec("backoffs");
+    let mut custom = JobSpec::new("backoffs", "k", json!(null));
+    custom.backoff = Some(kyu_core::Backoff::Fixed { delay_ms: 250 });
+    let custom = custom.validate(Clock::system().now(), &Limits::default()).unwrap();
+    let (plain_id, custom_id) = (plain.id.clone(), custom.id.clone());
+    store.job_insert_many(JobInsertManyParams { jobs: vec![plain, custom] }).await.unwrap();
+    let client = store.pool().get().await.unwrap();
+    let stored = |id: &kyu_core::JobId| {
+        let (client, id) = (&client, id.to_string());
+        async move {
+            client.query_one("SELECT backoff IS NULL FROM kyu_jobs WHERE id = $1", &[&id]).await.unwrap().get::<_, bool>(0)
+        }
+    };
+    assert!(stored(&plain_id).await, "the default is NULL");
+    assert!(!stored(&custom_id).await, "another is stored");
+    assert_eq!(store.job_get(&plain_id).await.unwrap().unwrap().backoff, kyu_core::Backoff::default());
+    assert_eq!(store.job_get(&custom_id).await.unwrap().unwrap().backoff, kyu_core::Backoff::Fixed { delay_ms: 250 });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_reach_other_nodes() {
     let (store, schema) = kyu_postgres::testing::fresh_store().await;
