@@ -220,12 +220,9 @@ async fn notifications_reach_other_nodes() {
     }
 }
 
-/// Many children finishing at the same instant, on separate connections,
-/// release their parent exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn children_finishing_at_once_release_the_parent_once() {
-    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
-    let n = 64;
+/// A parent (queue `parents`) waiting on `n` children (queue `kids`), all
+/// of them claimed.
+async fn parent_with_claimed_children(store: &PgStore, n: usize) -> (kyu_core::JobId, Vec<kyu_core::ClaimedJob>) {
     let now = Clock::system().now();
     let children: Vec<_> = (0..n).map(|_| JobSpec::new("kids", "k", json!(null)).validate(now, &Limits::default()).unwrap()).collect();
     let mut parent = JobSpec::new("parents", "p", json!(null));
@@ -240,6 +237,16 @@ async fn children_finishing_at_once_release_the_parent_once() {
         .await
         .unwrap()
         .jobs;
+    (parent_id, claimed)
+}
+
+/// Many children finishing at the same instant, on separate connections,
+/// release their parent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_finishing_at_once_release_the_parent_once() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let n = 64;
+    let (parent_id, claimed) = parent_with_claimed_children(&store, n).await;
     assert_eq!(claimed.len(), n);
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
     let tasks: Vec<_> = claimed
@@ -279,20 +286,7 @@ async fn children_finishing_at_once_release_the_parent_once() {
 async fn a_failing_child_among_concurrent_completions_fails_the_parent_once() {
     let (store, _schema) = kyu_postgres::testing::fresh_store().await;
     let n = 48;
-    let now = Clock::system().now();
-    let children: Vec<_> = (0..n).map(|_| JobSpec::new("kids", "k", json!(null)).validate(now, &Limits::default()).unwrap()).collect();
-    let mut parent = JobSpec::new("parents", "p", json!(null));
-    parent.depends_on = children.iter().map(|c| c.id.to_string()).collect();
-    let parent = parent.validate(now, &Limits::default()).unwrap();
-    let parent_id = parent.id.clone();
-    let mut jobs = children;
-    jobs.push(parent);
-    store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
-    let claimed = store
-        .job_claim(JobClaimParams { queues: vec![kyu_core::QueueName::new("kids").unwrap()], worker: "w".into(), max: n, lease_ms: 60_000 })
-        .await
-        .unwrap()
-        .jobs;
+    let (parent_id, claimed) = parent_with_claimed_children(&store, n).await;
     let broken = claimed[n / 2].id.clone();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
     let tasks: Vec<_> = claimed
