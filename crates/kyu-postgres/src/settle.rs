@@ -218,31 +218,45 @@ pub(crate) async fn settle_counted<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64], skip_l
     settle_dependents(tx, failed).await
 }
 
-/// Maintenance: settles waiting jobs with counted dependencies that no
-/// commit checked (a node stopped between its commit and the check), folds
-/// the counts of the others into `pending_deps` (so reading a count stays
-/// short), and clears the counts of jobs no longer waiting. Skips jobs
-/// someone holds; a bounded batch per tick.
+/// Past this many rows in `kyu_dep_done`, maintenance folds a waiting
+/// job's counts into its row, so reading its count stays short.
+const FOLD_AT: i64 = 100;
+
+/// Maintenance (every node's rescue tick): settles waiting jobs whose count
+/// reached zero with no commit checking it (a node stopped between its
+/// commit and the check), folds the counts of jobs with [`FOLD_AT`] rows,
+/// and clears the counts of jobs no longer waiting. Jobs with a few rows
+/// and dependencies still pending are left alone, so ticks write nothing
+/// while fan-ins run. Skips jobs someone holds; a bounded batch per tick.
 pub(crate) async fn sweep<C: Conn>(tx: &Tx<'_, C>) -> Result<(), StoreError> {
     let rows = tx
         .c
         .query(
-            &format!("SELECT DISTINCT job_seq FROM kyu_dep_done LIMIT {}", kyu_core::transition::MAINTENANCE_BATCH),
+            &format!(
+                "SELECT x.job_seq, coalesce(j.state = 'waiting', false) \
+                 FROM (SELECT job_seq, sum(n) AS done, count(*) AS rows FROM kyu_dep_done GROUP BY job_seq LIMIT {}) AS x \
+                 LEFT JOIN kyu_jobs j ON j.seq = x.job_seq \
+                 WHERE j.seq IS NULL OR j.state <> 'waiting' OR j.pending_deps <= x.done OR x.rows >= {FOLD_AT}",
+                kyu_core::transition::MAINTENANCE_BATCH
+            ),
             &[],
         )
         .await
         .db()?;
-    let seqs: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().db()?;
-    if seqs.is_empty() {
-        return Ok(());
+    let (mut waiting, mut gone) = (Vec::new(), Vec::new());
+    for r in rows {
+        let seq: i64 = r.try_get(0).db()?;
+        if r.try_get(1).db()? { waiting.push(seq) } else { gone.push(seq) }
     }
-    settle_counted(tx, &seqs, true).await?;
-    tx.c.execute(
-        "DELETE FROM kyu_dep_done x WHERE x.job_seq = ANY($1) \
-           AND NOT EXISTS (SELECT 1 FROM kyu_jobs j WHERE j.seq = x.job_seq AND j.state = 'waiting')",
-        &[&seqs],
-    )
-    .await
-    .db()?;
+    settle_counted(tx, &waiting, true).await?;
+    if !gone.is_empty() {
+        tx.c.execute(
+            "DELETE FROM kyu_dep_done x WHERE x.job_seq = ANY($1) \
+               AND NOT EXISTS (SELECT 1 FROM kyu_jobs j WHERE j.seq = x.job_seq AND j.state = 'waiting')",
+            &[&gone],
+        )
+        .await
+        .db()?;
+    }
     Ok(())
 }
