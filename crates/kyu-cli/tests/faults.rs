@@ -361,6 +361,9 @@ fn sqlite_writers_killed_keep_the_file_sound() {
         support::Proc::from(Command::new("sh").arg("-c").arg(script).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
     };
     let script = recording_command(&k);
+    // The file exists before anything counts: the producer and workers
+    // below race to create it.
+    k.ok(&["migrate"]);
     for round in 0..5 {
         let p = producer(round);
         let workers: Vec<_> = (0..2).map(|w| k.spawn(&format!("r{round}w{w}"), &["work", "-q", "crash", "-c", "4", "--lease", "2s", "--", "sh", "-c", &script])).collect();
