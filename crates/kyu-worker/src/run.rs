@@ -303,7 +303,7 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
                 // Handlers that finish together free their slots a few
                 // microseconds apart; one yield lets them all land, so the
                 // next claim (and the reports it carries) covers a batch.
-                if slots.available_permits() + 1 < cfg.concurrency.min(cfg.claim_size(cfg.concurrency)) {
+                if slots.available_permits() + 1 < cfg.batch.map_or(cfg.concurrency, |b| b.min(cfg.concurrency)) {
                     tokio::task::yield_now().await;
                 }
             }
