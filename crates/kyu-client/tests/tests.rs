@@ -49,7 +49,7 @@ async fn serve<S: Store, G>(local: S, db: G) -> (Remote<S>, Guard<G>) {
     (Remote { http, local }, Guard { stop, _db: db })
 }
 
-async fn over_sqlite() -> (Remote<kyu_sqlite::SqliteStore>, Guard<tempfile::TempDir>) {
+async fn over_sqlite() -> (Remote<kyu_sqlite::SqliteStore>, Guard<kyu_sqlite::testing::Fresh>) {
     let (store, dir) = kyu_sqlite::testing::fresh_store();
     serve(store, dir).await
 }

@@ -20,7 +20,7 @@ async fn call(app: &axum::Router, method: &str, path: &str, body: Option<&str>) 
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-fn app() -> (axum::Router, tempfile::TempDir) {
+fn app() -> (axum::Router, kyu_sqlite::testing::Fresh) {
     let (store, dir) = kyu_sqlite::testing::fresh_store();
     (kyu_server::router(store, ServerConfig::default(), CancellationToken::new()), dir)
 }

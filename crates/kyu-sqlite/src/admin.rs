@@ -8,7 +8,7 @@ use kyu_store::{JobRetryManyParams, JobRetryParams, QueueUpdateParams, StoreErro
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use crate::error::SqlResultExt;
-use crate::finish::{Finished, finish, queue_name, settle_dependents};
+use crate::finish::{Finished, Was, finish, queue_name, settle_dependents};
 use crate::insert::ensure_queue;
 use crate::read::{State, job_must, queue_list};
 use crate::writer::Tx;
@@ -68,7 +68,8 @@ pub(crate) fn cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<Job, StoreError> {
             tx.conn.prepare_cached("UPDATE kyu_jobs SET cancel_requested = 1 WHERE seq = ?1").db()?.execute([seq]).db()?;
             tx.tally.add(t.changed(id, JobState::Cancelled));
             let entries = [Entry::with(EventType::Cancelled, "cancelled by an operator")];
-            finish(tx, seq, id, JobState::Cancelled, None, t.keep_failed_ms, &entries)?;
+            let was = Was { queue: &t.queue, state: t.state };
+            finish(tx, seq, id, was, JobState::Cancelled, None, t.keep_failed_ms, &entries)?;
             settle_dependents(tx, vec![Finished { seq, id: id.clone(), state: JobState::Cancelled }])?;
         }
     }
@@ -88,6 +89,7 @@ pub(crate) fn retry(tx: &mut Tx<'_>, p: JobRetryParams) -> Result<Job, StoreErro
         return Err(StoreError::Conflict(format!("job `{id}` is {state}; only failed or cancelled jobs can be retried")));
     }
     tx.tally.add(t.changed(id, JobState::Queued));
+    tx.counted.moved(&t.queue, Some(state), JobState::Queued, 1);
     tx.conn
         .prepare_cached(&format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE seq = ?2"))
         .db()?
@@ -155,6 +157,7 @@ fn revive_dependents(tx: &mut Tx<'_>, seq: i64, id: &JobId) -> Result<(), StoreE
             .query_row(params![found[i].0, pending, tx.now_str, message], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .db()?;
         let id = found[i].1.clone();
+        tx.counted.moved(&queue, Some(JobState::Failed), JobState::Waiting, 1);
         tx.tally.add(Happening::Changed { id, queue: queue_name(&queue), kind, state: JobState::Waiting, attempt });
     }
     Ok(())
@@ -190,6 +193,7 @@ fn dead_letter_filter(p: &JobRetryManyParams, first: Vec<rusqlite::types::Value>
 }
 
 pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, StoreError> {
+    let from = p.check()?;
     let (wheres, args) = dead_letter_filter(&p, vec![tx.now_str.clone().into()])?;
     let sql = format!("UPDATE kyu_jobs SET {RETRY_SET} WHERE {wheres} RETURNING queue, id, kind");
     let mut stmt = tx.conn.prepare(&sql).db()?;
@@ -199,6 +203,7 @@ pub(crate) fn retry_many(tx: &mut Tx<'_>, p: JobRetryManyParams) -> Result<u64, 
     let count = rows.len() as u64;
     let mut queues = Vec::with_capacity(rows.len());
     for (queue, id, kind) in rows {
+        tx.counted.moved(&queue, Some(from), JobState::Queued, 1);
         if let Ok(id) = JobId::new(id) {
             tx.tally.add(Happening::Changed { id, queue: queue_name(&queue), kind, state: JobState::Queued, attempt: 0 });
         }

@@ -56,6 +56,7 @@ pub(crate) fn add_children(tx: &mut Tx<'_>, p: JobAddChildrenParams) -> Result<A
                     format!("waiting for {} children", pending.len())
                 ])
                 .db()?;
+            tx.counted.moved(&parent.queue, Some(JobState::Running), JobState::Waiting, 1);
             tx.tally.add(Happening::Changed {
                 id: parent.id.clone(),
                 queue: queue_name(&parent.queue),

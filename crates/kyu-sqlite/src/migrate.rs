@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_observability.sql")),
     (7, include_str!("migrations/0007_lists.sql")),
     (8, include_str!("migrations/0008_heartbeats.sql")),
+    (9, include_str!("migrations/0009_counted_by_writer.sql")),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -1,9 +1,8 @@
 //! kyu-sqlite's tests: the shared conformance suite, plus what only SQLite has.
 
 use kyu_sqlite::SqliteStore;
-use tempfile::TempDir;
 
-async fn fresh() -> (SqliteStore, TempDir) {
+async fn fresh() -> (SqliteStore, kyu_sqlite::testing::Fresh) {
     kyu_sqlite::testing::fresh_store()
 }
 

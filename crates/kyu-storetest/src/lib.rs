@@ -7,7 +7,7 @@
 //! its own database and a guard that keeps that database alive:
 //!
 //! ```ignore
-//! async fn fresh() -> (SqliteStore, TempDir) { kyu_sqlite::testing::fresh_store() }
+//! async fn fresh() -> (SqliteStore, Fresh) { kyu_sqlite::testing::fresh_store() }
 //! kyu_storetest::conformance!(fresh);
 //! ```
 //!

@@ -10,9 +10,8 @@ use kyu_store::{JobInsertManyParams, Store};
 use kyu_worker::{CancellationToken, JobContext, JobError, Worker, WorkerBuilder};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-fn store() -> (SqliteStore, TempDir) {
+fn store() -> (SqliteStore, kyu_sqlite::testing::Fresh) {
     kyu_sqlite::testing::fresh_store()
 }
 
