@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("migrations/0010_hot_heartbeats.sql")),
     (11, include_str!("migrations/0011_fan_in.sql")),
     (12, include_str!("migrations/0012_default_backoff.sql")),
+    (13, include_str!("migrations/0013_room_to_update.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

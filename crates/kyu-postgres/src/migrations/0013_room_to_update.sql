@@ -1,0 +1,13 @@
+-- kyu on PostgreSQL, schema version 13: a job's updates stay on its page.
+--
+-- Every job is updated at least twice (claimed, then ended), and a change of
+-- state is never a HOT update, so each writes a new version of the row. At
+-- fillfactor 90, a page filled by enqueues had room for three or four of
+-- those; the rest went to another page, which costs PostgreSQL an extra
+-- lock record per update and the whole new row in WAL (on the same page
+-- only the changed middle of the row is logged). Half of each page left
+-- free keeps the claim's and the completion's versions beside the row:
+-- W1 wrote 1,718 WAL bytes per job at 90, 1,644 at 70, 1,569 at 50, 1,529
+-- at 30 (one run each, pg_walinspect by record type). Pages filled from now
+-- on keep the room; heartbeats gain it too (more of them HOT).
+ALTER TABLE kyu_jobs SET (fillfactor = 50);
