@@ -26,6 +26,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--handler", choices=["async", "thread"], default="async")
+    p.add_argument("--batch", type=int, default=None, help="most jobs per claim (default: the worker's own)")
+    p.add_argument("--prefetch", type=int, default=None, help="jobs held ahead of slots (default: the worker decides)")
     args = p.parse_args()
     queue = f"w1-{uuid.uuid4().hex[:8]}"
     client = kyu.Client(args.url)
@@ -35,7 +37,9 @@ def main() -> None:
         client.enqueue_many([{"queue": queue, "kind": "noop", "payload": None} for _ in range(n)])
     enqueue_s = time.perf_counter() - started
 
-    worker = kyu.Worker(client, queues=[queue], concurrency=args.concurrency, batch=args.concurrency, poll=1)
+    worker = kyu.Worker(
+        client, queues=[queue], concurrency=args.concurrency, batch=args.batch, prefetch=args.prefetch, poll=1
+    )
     done = threading.Event()
 
     def count() -> None:
