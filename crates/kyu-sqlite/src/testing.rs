@@ -24,13 +24,6 @@ pub struct Fresh {
     dir: tempfile::TempDir,
 }
 
-impl Fresh {
-    /// The directory holding `kyu.db`.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
 impl Drop for Fresh {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -42,7 +35,7 @@ impl Drop for Fresh {
 }
 
 /// `(queue, state, counted, rows)` wherever the counts and the rows disagree.
-pub fn counts_drift(db: &Path) -> rusqlite::Result<Vec<(String, String, i64, i64)>> {
+fn counts_drift(db: &Path) -> rusqlite::Result<Vec<(String, String, i64, i64)>> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let mut stmt = conn.prepare(
