@@ -54,7 +54,7 @@ async fn over_sqlite() -> (Remote<kyu_sqlite::SqliteStore>, Guard<kyu_sqlite::te
     serve(store, dir).await
 }
 
-async fn over_postgres() -> (Remote<kyu_postgres::PgStore>, Guard<String>) {
+async fn over_postgres() -> (Remote<kyu_postgres::PgStore>, Guard<kyu_postgres::testing::Fresh>) {
     let (store, schema) = kyu_postgres::testing::fresh_store().await;
     serve(store, schema).await
 }

@@ -223,7 +223,7 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
     let running: i64 = match limits.concurrency {
         Some(_) => tx
             .c
-            .query_one("SELECT count(*) FROM kyu_jobs WHERE queue = $1 AND state = 'running'", &[&name])
+            .query_one("SELECT count(*) FROM kyu_running WHERE queue = $1", &[&name])
             .await
             .db()?
             .get(0),
@@ -250,15 +250,27 @@ async fn take<C: Conn>(
     if n <= 0 {
         return Ok(Vec::new());
     }
+    // Ready rows first, then the jobs' rows, both SKIP LOCKED: every other
+    // writer locks a job's row before its narrow rows (migration 14), and
+    // the claim, never waiting, cannot close a cycle with them. A job whose
+    // row someone holds keeps its ready row for the next claim.
     let sql = format!(
-        "WITH picked AS ( \
-           SELECT seq FROM kyu_jobs WHERE queue = $1 AND state = 'queued' {filter} \
-           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
-           started_at = $5, lease_expires_at = $6 \
-         FROM picked WHERE j.seq = picked.seq \
-         RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
-           j.depends_on, j.priority, j.run_at, j.seq"
+        "WITH candidates AS MATERIALIZED ( \
+           SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
+           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+         picked AS ( \
+           SELECT j.seq, c.rid FROM kyu_jobs j JOIN candidates c ON j.seq = c.seq WHERE j.state = 'queued' \
+           FOR UPDATE OF j SKIP LOCKED), \
+         taken AS (DELETE FROM kyu_ready WHERE ctid = ANY(ARRAY(SELECT rid FROM picked))), \
+         claimed AS ( \
+           UPDATE kyu_jobs j SET state = 'running', attempt = j.attempt + 1, token = $3, worker = $4, \
+             started_at = $5, lease_expires_at = $6 \
+           FROM picked WHERE j.seq = picked.seq \
+           RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
+             j.depends_on, j.priority, j.run_at, j.seq, j.group_key), \
+         running AS (INSERT INTO kyu_running (seq, queue, group_key) SELECT seq, $1, group_key FROM claimed) \
+         SELECT id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, priority, run_at, seq \
+         FROM claimed"
     );
     let lease_ts = ts(lease);
     let rows = match group {
@@ -297,9 +309,9 @@ async fn group_heads<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<Vec<String>
         .c
         .query(
             "WITH RECURSIVE g(k) AS ( \
-               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = $1 AND state = 'queued' AND group_key IS NOT NULL) \
+               SELECT (SELECT min(group_key) FROM kyu_ready WHERE queue = $1 AND group_key IS NOT NULL) \
                UNION ALL \
-               SELECT (SELECT min(group_key) FROM kyu_jobs WHERE queue = $1 AND state = 'queued' AND group_key > g.k) \
+               SELECT (SELECT min(group_key) FROM kyu_ready WHERE queue = $1 AND group_key > g.k) \
                FROM g WHERE g.k IS NOT NULL) \
              SELECT k FROM g WHERE k IS NOT NULL LIMIT 1000",
             &[&queue],
@@ -313,7 +325,7 @@ async fn running_per_group<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<std::
     let rows = tx
         .c
         .query(
-            "SELECT group_key, count(*) FROM kyu_jobs WHERE queue = $1 AND state = 'running' AND group_key IS NOT NULL \
+            "SELECT group_key, count(*) FROM kyu_running WHERE queue = $1 AND group_key IS NOT NULL \
              GROUP BY group_key",
             &[&queue],
         )

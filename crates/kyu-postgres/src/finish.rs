@@ -171,12 +171,17 @@ pub(crate) async fn report_many<C: Conn>(
         let rows = tx
             .c
             .query(
-                "UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
-                   expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
-                   lease_expires_at = NULL, deadline_at = NULL, token = NULL \
-                 FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
-                 WHERE j.id = r.id AND j.token = r.token \
-                 RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched",
+                "WITH done AS ( \
+                   UPDATE kyu_jobs j SET state = 'completed', result = r.result::jsonb, finished_at = $1::timestamptz, \
+                     expires_at = $1::timestamptz + coalesce(j.keep_result_ms, $2::int8) * interval '1 millisecond', \
+                     lease_expires_at = NULL, deadline_at = NULL, token = NULL \
+                   FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
+                   WHERE j.id = r.id AND j.token = r.token \
+                   RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched, \
+                     j.expires_at), \
+                 off AS (DELETE FROM kyu_running r USING done WHERE r.seq = done.seq), \
+                 kept AS (INSERT INTO kyu_expiry (seq, expires_at) SELECT seq, expires_at FROM done) \
+                 SELECT id, seq, has_dependents, queue, kind, attempt, started_at, finish_watched FROM done",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
@@ -186,7 +191,8 @@ pub(crate) async fn report_many<C: Conn>(
             let id: String = r.try_get(0).db()?;
             let queue: &str = r.try_get(3).db()?;
             let started: Option<SystemTime> = r.try_get(6).db()?;
-            // Counted by the transaction (running -1, completed +1; see migration 8).
+            // Counted by the transaction (running -1, completed +1; see migration 8);
+        // placed by the statement above (migration 14).
             tx.moved(queue, "running", "completed", 1);
             tx.happened(Happening::Ended {
                 id: job_id(id.clone())?,
@@ -409,7 +415,7 @@ pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<()
 pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
         "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
-         WHERE state = 'running' AND (lease_expires_at < $1 OR deadline_at < $1) \
+         WHERE seq IN (SELECT seq FROM kyu_running) AND state = 'running' AND (lease_expires_at < $1 OR deadline_at < $1) \
          ORDER BY lease_expires_at LIMIT {} FOR UPDATE SKIP LOCKED",
         kyu_core::transition::MAINTENANCE_BATCH
     );
@@ -438,9 +444,11 @@ pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, Stor
 pub(crate) async fn promote_due<C: Conn>(tx: &Tx<'_, C>, queues: Option<&[String]>) -> Result<u64, StoreError> {
     let sql = format!(
         "UPDATE kyu_jobs SET state = 'queued' WHERE seq IN ( \
-           SELECT seq FROM kyu_jobs WHERE state = 'scheduled' AND run_at <= $1 \
-             AND ($2::text[] IS NULL OR queue = ANY($2)) \
-           ORDER BY run_at LIMIT {} FOR UPDATE SKIP LOCKED) \
+           SELECT j.seq FROM kyu_jobs j WHERE j.seq IN ( \
+               SELECT seq FROM kyu_parked WHERE state = 'scheduled' AND run_at <= $1 \
+                 AND ($2::text[] IS NULL OR queue = ANY($2)) \
+               ORDER BY run_at LIMIT {}) \
+             AND j.state = 'scheduled' FOR UPDATE OF j SKIP LOCKED) \
          RETURNING queue",
         kyu_core::transition::MAINTENANCE_BATCH
     );
@@ -455,7 +463,7 @@ pub(crate) async fn promote_due<C: Conn>(tx: &Tx<'_, C>, queues: Option<&[String
 pub(crate) async fn next_run_at<C: Conn>(tx: &Tx<'_, C>, queues: &[String]) -> Result<Option<Millis>, StoreError> {
     let row = tx
         .c
-        .query_one("SELECT min(run_at) FROM kyu_jobs WHERE state = 'scheduled' AND queue = ANY($1)", &[&queues])
+        .query_one("SELECT min(run_at) FROM kyu_parked WHERE state = 'scheduled' AND queue = ANY($1)", &[&queues])
         .await
         .db()?;
     Ok(row.try_get::<_, Option<SystemTime>>(0).db()?.map(millis))

@@ -116,7 +116,16 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
                 coalesce(events::jsonb, '[]'::jsonb)
             FROM input
             ON CONFLICT (id) DO NOTHING
-            RETURNING id, seq, queue, state
+            RETURNING id, seq, queue, state, priority, run_at, group_key, expires_at
+        ), ready AS (
+            -- Each job's narrow row (migration 14: kyu_place's rule, set-wise).
+            INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key)
+            SELECT seq, queue, priority, run_at, group_key FROM inserted WHERE state = 'queued'
+        ), parked AS (
+            INSERT INTO kyu_parked (seq, queue, state, run_at)
+            SELECT seq, queue, state, run_at FROM inserted WHERE state IN ('scheduled', 'waiting', 'failed', 'cancelled')
+        ), kept AS (
+            INSERT INTO kyu_expiry (seq, expires_at) SELECT seq, expires_at FROM inserted WHERE expires_at IS NOT NULL
         ), stats AS (
             -- Outside a transaction this statement is the whole write, so it
             -- counts its own enqueues (kyu_core::tally: one per inserted job).

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("migrations/0011_fan_in.sql")),
     (12, include_str!("migrations/0012_default_backoff.sql")),
     (13, include_str!("migrations/0013_room_to_update.sql")),
+    (14, include_str!("migrations/0014_hot_rows.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

@@ -24,12 +24,12 @@ pub(crate) const PENDING: &str = pending!();
 
 /// The columns [`job_from_row`] reads, in its order, for a query over `kyu_jobs j`.
 pub(crate) const JOB_COLUMNS: &str = concat!(
-    "id, queue, kind, payload, checkpoint, state, priority, run_at, attempt, \
-     max_attempts, backoff, timeout_ms, unique_key, unique_for_ms, depends_on, ",
+    "j.id, j.queue, j.kind, j.payload, j.checkpoint, j.state, j.priority, j.run_at, j.attempt, \
+     j.max_attempts, j.backoff, j.timeout_ms, j.unique_key, j.unique_for_ms, j.depends_on, ",
     pending!(),
-    ", continue_on_failure, \
-     result, keep_result_ms, errors, progress, tags, group_key, cancel_requested, created_at, started_at, \
-     finished_at, lease_expires_at, worker, keep_failed_ms"
+    ", j.continue_on_failure, \
+     j.result, j.keep_result_ms, j.errors, j.progress, j.tags, j.group_key, j.cancel_requested, j.created_at, \
+     j.started_at, j.finished_at, j.lease_expires_at, j.worker, j.keep_failed_ms"
 );
 
 /// A stored backoff: NULL is the default (schema version 12).
@@ -142,40 +142,57 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let mut wheres: Vec<String> = Vec::new();
     let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    // Jobs of a state other than completed are walked from their narrow
+    // rows (migration 14), newest first by (queue, seq) or seq; completed
+    // jobs, most of what is kept, along the primary key. The state is a
+    // literal of a closed set of plain words.
+    let mut from = "kyu_jobs j".to_owned();
+    let mut order = "j.seq";
     if let Some(s) = p.state {
-        // A literal, so even a generic plan proves the partial listing
-        // indexes apply (migration 9); states are a closed set of plain words.
-        wheres.push(format!("state = '{}'", s.as_str()));
+        wheres.push(format!("j.state = '{}'", s.as_str()));
+        let narrow = match s {
+            JobState::Queued => Some(("kyu_ready", String::new())),
+            JobState::Running => Some(("kyu_running", String::new())),
+            JobState::Completed => None,
+            other => Some(("kyu_parked", format!(" AND n.state = '{}'", other.as_str()))),
+        };
+        if let Some((table, state)) = narrow {
+            from = format!("{table} n JOIN kyu_jobs j ON j.seq = n.seq{state}");
+            order = "n.seq";
+            if p.queue.is_some() {
+                wheres.push("n.queue = j.queue".to_owned());
+            }
+        }
     }
     let mut filter = |clause: &str, v: Box<dyn ToSql + Sync + Send>, args: &mut Vec<Box<dyn ToSql + Sync + Send>>| {
         args.push(v);
         wheres.push(clause.replace('$', &format!("${}", args.len())));
     };
     if let Some(q) = &p.queue {
-        filter("queue = $", Box::new(q.as_str().to_owned()), &mut args);
+        filter("j.queue = $", Box::new(q.as_str().to_owned()), &mut args);
     }
     if let Some(k) = &p.kind {
-        filter("kind = $", Box::new(k.clone()), &mut args);
+        filter("j.kind = $", Box::new(k.clone()), &mut args);
     }
     if let Some(t) = &p.tag {
-        filter("tags ? $", Box::new(t.clone()), &mut args);
+        filter("j.tags ? $", Box::new(t.clone()), &mut args);
     }
     if let Some(e) = &p.error_contains {
-        filter("strpos(errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()), &mut args);
+        filter("strpos(j.errors -> -1 ->> 'message', $) > 0", Box::new(e.clone()), &mut args);
     }
     if let Some(t) = p.since {
-        filter("created_at >= $", Box::new(ts(t)), &mut args);
+        filter("j.created_at >= $", Box::new(ts(t)), &mut args);
     }
     if let Some(t) = p.until {
-        filter("created_at < $", Box::new(ts(t)), &mut args);
+        filter("j.created_at < $", Box::new(ts(t)), &mut args);
     }
     if let Some(seq) = p.check()? {
-        filter("seq < $", Box::new(seq), &mut args);
+        filter(&format!("{order} < $"), Box::new(seq), &mut args);
     }
     let filter = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
     // The page size is a parameter, so one prepared statement serves every size.
     args.push(Box::new((limit + 1) as i64));
-    let sql = format!("SELECT {JOB_COLUMNS}, seq FROM kyu_jobs j {filter} ORDER BY seq DESC LIMIT ${}", args.len());
+    let sql = format!("SELECT {JOB_COLUMNS}, j.seq FROM {from} {filter} ORDER BY {order} DESC LIMIT ${}", args.len());
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
     let rows = c.query(&sql, &params).await.db()?;
     let more = rows.len() > limit;
@@ -248,13 +265,13 @@ pub(crate) async fn queue_list(c: &impl Conn, only: Option<&str>) -> Result<Vec<
     let rows = c
         .query(
             "WITH RECURSIVE p(queue, pr) AS ( \
-               SELECT name, (SELECT max(priority) FROM kyu_jobs WHERE queue = name AND state = 'queued') \
+               SELECT name, (SELECT max(priority) FROM kyu_ready WHERE queue = name) \
                  FROM kyu_queues WHERE name = ANY($1) \
                UNION ALL \
-               SELECT queue, (SELECT max(priority) FROM kyu_jobs j WHERE j.queue = p.queue AND state = 'queued' \
-                 AND priority < p.pr) FROM p WHERE pr IS NOT NULL) \
-             SELECT queue, min((SELECT min(run_at) FROM kyu_jobs j WHERE j.queue = p.queue AND state = 'queued' \
-               AND priority = p.pr)) FROM p WHERE pr IS NOT NULL GROUP BY queue",
+               SELECT queue, (SELECT max(priority) FROM kyu_ready r WHERE r.queue = p.queue AND priority < p.pr) \
+                 FROM p WHERE pr IS NOT NULL) \
+             SELECT queue, min((SELECT min(run_at) FROM kyu_ready r WHERE r.queue = p.queue AND priority = p.pr)) \
+             FROM p WHERE pr IS NOT NULL GROUP BY queue",
             &[&waiting],
         )
         .await

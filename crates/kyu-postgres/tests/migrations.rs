@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kyu_core::{JobId, JobState, QueueName};
 use kyu_postgres::{PgOptions, PgStore};
-use kyu_store::{JobClaimParams, Outcome, Report, Store, StoreEvent};
+use kyu_store::{JobClaimParams, JobListParams, Outcome, Report, Store, StoreEvent};
 use serde_json::json;
 
 /// The migrations of schema version 6, as an older kyu applied them.
@@ -20,7 +20,7 @@ const UP_TO_6: &[&str] = &[
 ];
 
 /// Jobs as version 6 stored them: queued, running (token `tok`), completed,
-/// failed, and waiting for the queued one.
+/// failed, scheduled, and waiting for the queued one.
 const POPULATE: &str = "
     INSERT INTO kyu_queues (name, created_at) VALUES ('m', now());
     INSERT INTO kyu_jobs (id, queue, kind, payload, state, run_at, max_attempts, backoff, created_at, has_dependents)
@@ -40,6 +40,8 @@ const POPULATE: &str = "
                 '[[1796000000000, \"claimed\", 1, \"old-worker\", null], [1796000000100, \"failed\", 1, \"old-worker\", \"boom\"]]');
     INSERT INTO kyu_jobs (id, queue, kind, payload, state, run_at, max_attempts, backoff, created_at, depends_on, pending_deps)
         VALUES ('w1', 'm', 'k', '{}', 'waiting', now(), 3, '{\"kind\":\"fixed\",\"delay_ms\":0}', now(), '[\"q1\"]', 1);
+    INSERT INTO kyu_jobs (id, queue, kind, payload, state, run_at, max_attempts, backoff, created_at)
+        VALUES ('s1', 'm', 'k', '{}', 'scheduled', now() + interval '1 hour', 3, '{\"kind\":\"fixed\",\"delay_ms\":0}', now());
     INSERT INTO kyu_job_deps (dep_seq, job_seq) SELECT d.seq, w.seq FROM kyu_jobs d, kyu_jobs w WHERE d.id = 'q1' AND w.id = 'w1';
 ";
 
@@ -68,6 +70,16 @@ async fn a_populated_version_6_database_is_migrated_and_keeps_working() {
     let store = PgStore::connect(&url, opts).await.expect("opens and migrates");
     let version: i32 = client.query_one("SELECT max(version) FROM kyu_migrations", &[]).await.unwrap().get(0);
     assert!(version > 6, "migrated past 6, to {version}");
+    // Every job has the narrow rows of its state (version 14), and the lists
+    // that walk them find it.
+    let misplaced = "SELECT kyu_misplaced()";
+    assert_eq!(client.query_one(misplaced, &[]).await.unwrap().get::<_, i64>(0), 0);
+    for (state, job) in [(JobState::Queued, "q1"), (JobState::Running, "r1"), (JobState::Scheduled, "s1"),
+        (JobState::Waiting, "w1"), (JobState::Failed, "f1"), (JobState::Completed, "c1")] {
+        let p = JobListParams { queue: Some(QueueName::new("m").unwrap()), state: Some(state), ..JobListParams::default() };
+        let listed: Vec<String> = store.job_list(p).await.unwrap().jobs.into_iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(listed, vec![job.to_owned()], "{state} listed");
+    }
 
     // Nothing lost.
     let get = |s: &'static str| {
@@ -84,7 +96,7 @@ async fn a_populated_version_6_database_is_migrated_and_keeps_working() {
     assert!(timeline.iter().any(|e| e.message.as_deref() == Some("boom")), "{timeline:?}");
     assert_eq!(get("w1").await.state, JobState::Waiting);
     let queue = store.queue_list().await.unwrap().into_iter().find(|q| q.name.as_str() == "m").unwrap();
-    for (state, n) in [("queued", 1), ("running", 1), ("completed", 1), ("failed", 1), ("waiting", 1)] {
+    for (state, n) in [("queued", 1), ("running", 1), ("completed", 1), ("failed", 1), ("waiting", 1), ("scheduled", 1)] {
         assert_eq!(queue.counts[state], n, "{state} counted");
     }
 
@@ -119,4 +131,5 @@ async fn a_populated_version_6_database_is_migrated_and_keeps_working() {
             break;
         }
     }
+    assert_eq!(client.query_one(misplaced, &[]).await.unwrap().get::<_, i64>(0), 0);
 }

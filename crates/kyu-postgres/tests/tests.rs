@@ -3,7 +3,7 @@
 
 use kyu_postgres::PgStore;
 
-async fn fresh() -> (PgStore, String) {
+async fn fresh() -> (PgStore, kyu_postgres::testing::Fresh) {
     kyu_postgres::testing::fresh_store().await
 }
 
@@ -14,7 +14,7 @@ mod conformance {
 
 /// The whole suite again over TLS, `sslmode=verify-full`.
 mod over_tls {
-    async fn fresh() -> (kyu_postgres::PgStore, String) {
+    async fn fresh() -> (kyu_postgres::PgStore, kyu_postgres::testing::Fresh) {
         kyu_postgres::testing::fresh_tls_store().await
     }
     kyu_storetest::conformance!(fresh);
