@@ -280,16 +280,30 @@ async fn remove<C: Conn>(tx: &Tx<'_, C>, seqs: &[i64]) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Deletes up to `batch` finished jobs whose retention has passed; `SKIP
-/// LOCKED` lets every node prune at once without waiting on another.
+/// Deletes finished jobs whose retention has passed, from up to `batch`
+/// rows of `kyu_expiry` (migration 15); `SKIP LOCKED` on both tables lets
+/// every node prune at once without waiting on another. A listed job is
+/// deleted only if its own expiry is still due; one someone holds is
+/// listed again for the next call.
 pub(crate) async fn prune<C: Conn>(tx: &Tx<'_, C>, batch: usize) -> Result<u64, StoreError> {
     let rows = tx
         .c
         .query(
             &format!(
-                "SELECT j.seq FROM kyu_jobs j WHERE j.seq IN ( \
-                   SELECT seq FROM kyu_expiry WHERE expires_at <= $1 ORDER BY expires_at LIMIT {batch}) \
-                 AND j.expires_at <= $1 FOR UPDATE OF j SKIP LOCKED"
+                "WITH due AS MATERIALIZED ( \
+                   SELECT ctid AS eid, seqs FROM kyu_expiry WHERE expires_at <= $1 ORDER BY expires_at LIMIT {batch} \
+                   FOR UPDATE SKIP LOCKED), \
+                 listed AS MATERIALIZED (SELECT DISTINCT unnest(seqs) AS seq FROM due), \
+                 held AS MATERIALIZED ( \
+                   SELECT j.seq FROM kyu_jobs j WHERE j.seq IN (SELECT seq FROM listed) AND j.expires_at <= $1 \
+                   FOR UPDATE OF j SKIP LOCKED), \
+                 again AS ( \
+                   INSERT INTO kyu_expiry (expires_at, seqs) \
+                   SELECT j.expires_at, array_agg(j.seq) FROM kyu_jobs j \
+                   WHERE j.seq IN (SELECT seq FROM listed) AND j.seq NOT IN (SELECT seq FROM held) AND j.expires_at <= $1 \
+                   GROUP BY j.expires_at), \
+                 gone AS (DELETE FROM kyu_expiry WHERE ctid = ANY(ARRAY(SELECT eid FROM due))) \
+                 SELECT seq FROM held"
             ),
             &[&tx.now_ts],
         )

@@ -223,7 +223,7 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
     let running: i64 = match limits.concurrency {
         Some(_) => tx
             .c
-            .query_one("SELECT count(*) FROM kyu_running WHERE queue = $1", &[&name])
+            .query_one(&format!("SELECT count(*) FROM kyu_jobs j WHERE {RUNNING_OF_QUEUE} AND j.state = 'running'"), &[&name])
             .await
             .db()?
             .get(0),
@@ -231,6 +231,10 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
     };
     Ok(plan_claim(tx.now, want, &limits, running))
 }
+
+/// For a query over `kyu_jobs j`: the jobs of queue `$1` claimed and maybe
+/// still running (migration 15); `j.state = 'running'` says which are.
+const RUNNING_OF_QUEUE: &str = "j.seq IN (SELECT unnest(seqs) FROM kyu_claims WHERE queue = $1)";
 
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 
@@ -267,8 +271,8 @@ async fn take<C: Conn>(
              started_at = $5, lease_expires_at = $6 \
            FROM picked WHERE j.seq = picked.seq \
            RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
-             j.depends_on, j.priority, j.run_at, j.seq, j.group_key), \
-         running AS (INSERT INTO kyu_running (seq, queue, group_key) SELECT seq, $1, group_key FROM claimed) \
+             j.depends_on, j.priority, j.run_at, j.seq), \
+         running AS (INSERT INTO kyu_claims (token, queue, seqs) SELECT $3, $1, array_agg(seq) FROM claimed HAVING count(*) > 0) \
          SELECT id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, priority, run_at, seq \
          FROM claimed"
     );
@@ -325,8 +329,10 @@ async fn running_per_group<C: Conn>(tx: &Tx<'_, C>, queue: &str) -> Result<std::
     let rows = tx
         .c
         .query(
-            "SELECT group_key, count(*) FROM kyu_running WHERE queue = $1 AND group_key IS NOT NULL \
-             GROUP BY group_key",
+            &format!(
+                "SELECT j.group_key, count(*) FROM kyu_jobs j WHERE {RUNNING_OF_QUEUE} AND j.state = 'running' \
+                 AND j.group_key IS NOT NULL GROUP BY j.group_key"
+            ),
             &[&queue],
         )
         .await

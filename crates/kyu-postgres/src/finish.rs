@@ -179,8 +179,8 @@ pub(crate) async fn report_many<C: Conn>(
                    WHERE j.id = r.id AND j.token = r.token \
                    RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched, \
                      j.expires_at), \
-                 off AS (DELETE FROM kyu_running r USING done WHERE r.seq = done.seq), \
-                 kept AS (INSERT INTO kyu_expiry (seq, expires_at) SELECT seq, expires_at FROM done) \
+                 kept AS (INSERT INTO kyu_expiry (expires_at, seqs) SELECT expires_at, array_agg(seq) FROM done \
+                   GROUP BY expires_at) \
                  SELECT id, seq, has_dependents, queue, kind, attempt, started_at, finish_watched FROM done",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
@@ -415,7 +415,8 @@ pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<()
 pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
         "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
-         WHERE seq IN (SELECT seq FROM kyu_running) AND state = 'running' AND (lease_expires_at < $1 OR deadline_at < $1) \
+         WHERE seq IN (SELECT unnest(seqs) FROM kyu_claims) AND state = 'running' \
+           AND (lease_expires_at < $1 OR deadline_at < $1) \
          ORDER BY lease_expires_at LIMIT {} FOR UPDATE SKIP LOCKED",
         kyu_core::transition::MAINTENANCE_BATCH
     );
@@ -434,6 +435,19 @@ pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, Stor
     let expired = steps.len() as u64;
     let finished = apply(tx, steps).await?;
     settle_dependents(tx, finished).await?;
+    // Claims none of whose jobs still run under their token (migration 15).
+    tx.c.execute(
+        &format!(
+            "DELETE FROM kyu_claims WHERE ctid = ANY(ARRAY( \
+               SELECT c.ctid FROM kyu_claims c \
+               WHERE NOT EXISTS (SELECT 1 FROM kyu_jobs j WHERE j.seq = ANY(c.seqs) AND j.token = c.token) \
+               LIMIT {} FOR UPDATE SKIP LOCKED))",
+            kyu_core::transition::MAINTENANCE_BATCH
+        ),
+        &[],
+    )
+    .await
+    .db()?;
     crate::settle::sweep(tx).await?;
     let promoted = promote_due(tx, None).await?;
     Ok(RescueCounts { expired, promoted })

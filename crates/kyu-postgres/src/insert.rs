@@ -125,7 +125,8 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             INSERT INTO kyu_parked (seq, queue, state, run_at)
             SELECT seq, queue, state, run_at FROM inserted WHERE state IN ('scheduled', 'waiting', 'failed', 'cancelled')
         ), kept AS (
-            INSERT INTO kyu_expiry (seq, expires_at) SELECT seq, expires_at FROM inserted WHERE expires_at IS NOT NULL
+            INSERT INTO kyu_expiry (expires_at, seqs) SELECT expires_at, array_agg(seq) FROM inserted
+            WHERE expires_at IS NOT NULL GROUP BY expires_at
         ), stats AS (
             -- Outside a transaction this statement is the whole write, so it
             -- counts its own enqueues (kyu_core::tally: one per inserted job).

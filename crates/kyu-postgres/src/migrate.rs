@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_default_backoff.sql")),
     (13, include_str!("migrations/0013_room_to_update.sql")),
     (14, include_str!("migrations/0014_hot_rows.sql")),
+    (15, include_str!("migrations/0015_batch_rows.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

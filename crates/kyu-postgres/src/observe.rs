@@ -135,7 +135,8 @@ pub(crate) async fn worker_list(c: &impl Conn, now: Millis) -> Result<Vec<Worker
         workers.insert(w.name.clone(), w);
     }
     // What each runs now, from the jobs themselves: never out of date.
-    let rows = c.query("SELECT j.worker, j.id FROM kyu_running r JOIN kyu_jobs j ON j.seq = r.seq ORDER BY r.seq", &[]).await.db()?;
+    let rows = c.query("SELECT j.worker, j.id FROM kyu_jobs j WHERE j.seq IN (SELECT unnest(seqs) FROM kyu_claims) AND j.state = 'running' \
+             ORDER BY j.seq", &[]).await.db()?;
     for r in rows {
         let worker: Option<String> = r.try_get(0).db()?;
         if let Some(w) = worker.and_then(|w| workers.get_mut(&w)) {

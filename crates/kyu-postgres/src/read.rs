@@ -143,7 +143,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
     let mut wheres: Vec<String> = Vec::new();
     let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
     // Jobs of a state other than completed are walked from their narrow
-    // rows (migration 14), newest first by (queue, seq) or seq; completed
+    // rows (migrations 14 and 15), newest first by (queue, seq) or seq; completed
     // jobs, most of what is kept, along the primary key. The state is a
     // literal of a closed set of plain words.
     let mut from = "kyu_jobs j".to_owned();
@@ -152,7 +152,7 @@ pub(crate) async fn job_list(c: &impl Conn, p: &JobListParams) -> Result<JobPage
         wheres.push(format!("j.state = '{}'", s.as_str()));
         let narrow = match s {
             JobState::Queued => Some(("kyu_ready", String::new())),
-            JobState::Running => Some(("kyu_running", String::new())),
+            JobState::Running => Some(("(SELECT DISTINCT unnest(seqs) AS seq, queue FROM kyu_claims)", String::new())),
             JobState::Completed => None,
             other => Some(("kyu_parked", format!(" AND n.state = '{}'", other.as_str()))),
         };

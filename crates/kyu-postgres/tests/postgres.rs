@@ -413,3 +413,40 @@ async fn listener_reconnects_after_its_connection_dies() {
         }
     }
 }
+
+/// A claim is one row of `kyu_claims` and a batch of completions one row of
+/// `kyu_expiry` (schema 15): maintenance drops a claim's row once none of
+/// its jobs runs, and the pruner deletes what is due, leaving a job someone
+/// holds listed for its next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_expiries_are_kept_per_batch_and_swept() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let c = store.pool().get().await.unwrap();
+    let count = |table: &'static str| {
+        let c = &c;
+        async move { c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    store.job_insert_many(JobInsertManyParams { jobs: (0..3).map(|_| spec("b")).collect() }).await.unwrap();
+    let params = JobClaimParams { queues: vec![kyu_core::QueueName::new("b").unwrap()], worker: "w".into(), max: 10, lease_ms: 30_000 };
+    let jobs = store.job_claim(params).await.unwrap().jobs;
+    assert_eq!((jobs.len(), count("kyu_claims").await), (3, 1));
+    let report = |j: &kyu_core::ClaimedJob| Report { id: j.id.clone(), token: j.token.clone(), outcome: Outcome::Complete { result: json!(1) } };
+    store.job_report_many(jobs[..2].iter().map(report).collect()).await.unwrap();
+    store.job_rescue().await.unwrap();
+    assert_eq!(count("kyu_claims").await, 1, "one of its jobs still runs");
+    store.job_report_many(vec![report(&jobs[2])]).await.unwrap();
+    assert_eq!(count("kyu_expiry").await, 2, "one row per batch of completions");
+    store.job_rescue().await.unwrap();
+    assert_eq!(count("kyu_claims").await, 0, "none of its jobs runs");
+
+    store.clock().advance(30 * 86_400_000);
+    let other = other_process_view(&schema).await;
+    let oc = other.pool().get().await.unwrap();
+    oc.batch_execute("BEGIN").await.unwrap();
+    oc.execute("SELECT 1 FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&jobs[0].id.as_str()]).await.unwrap();
+    assert_eq!(store.job_prune(kyu_store::JobPruneParams { batch: 100 }).await.unwrap(), 2);
+    assert_eq!(count("kyu_expiry").await, 1, "the held job is listed again");
+    oc.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(store.job_prune(kyu_store::JobPruneParams { batch: 100 }).await.unwrap(), 1);
+    assert_eq!((count("kyu_expiry").await, count("kyu_jobs").await), (0, 0));
+}
