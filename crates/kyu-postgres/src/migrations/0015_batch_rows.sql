@@ -2,7 +2,7 @@
 -- kept one row per batch, not one per job.
 --
 -- In version 14 every job inserted and deleted a kyu_running row (184 WAL
--- bytes per job with its key) and inserted a kyu_expiry row (143), a fifth
+-- bytes per job with its key) and inserted a kyu_expiry row (142), a fifth
 -- of W1's WAL. But a claim hands out its jobs under one token, and a batch
 -- of completions gives most of its jobs one expiry time, so:
 --
