@@ -450,3 +450,81 @@ async fn claims_and_expiries_are_kept_per_batch_and_swept() {
     assert_eq!(store.job_prune(kyu_store::JobPruneParams { batch: 100 }).await.unwrap(), 1);
     assert_eq!((count("kyu_expiry").await, count("kyu_jobs").await), (0, 0));
 }
+
+/// The claim never waits on a job's row (schema 14): a queued job another
+/// transaction holds, here `FOR SHARE` as an enqueue of a job depending on
+/// it takes in a caller's transaction, is skipped and keeps its ready row,
+/// and the claim takes the next job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_skips_a_held_job_and_leaves_it_ready() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let ids: Vec<_> = store
+        .job_insert_many(JobInsertManyParams { jobs: vec![spec("h"), spec("h")] })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let other = other_process_view(&schema).await;
+    let oc = other.pool().get().await.unwrap();
+    oc.batch_execute("BEGIN").await.unwrap();
+    oc.execute("SELECT 1 FROM kyu_jobs WHERE id = $1 FOR SHARE", &[&ids[0].as_str()]).await.unwrap();
+    let params = || JobClaimParams { queues: vec![kyu_core::QueueName::new("h").unwrap()], worker: "w".into(), max: 10, lease_ms: 30_000 };
+    let got = tokio::time::timeout(Duration::from_secs(5), store.job_claim(params())).await.expect("the claim does not wait").unwrap();
+    assert_eq!(got.jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&ids[1]]);
+    oc.batch_execute("COMMIT").await.unwrap();
+    let got = store.job_claim(params()).await.unwrap();
+    assert_eq!(got.jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&ids[0]], "still ready once released");
+}
+
+/// Claimers, completions and operators' cancels and deletes racing on one
+/// queue: none waits on another in a cycle (no deadlock error), every job
+/// ends completed, cancelled or deleted, and the narrow rows agree with the
+/// jobs when it is over (checked by the test's guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_race_cancels_and_deletes_without_deadlock() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let ids: Vec<_> = store
+        .job_insert_many(JobInsertManyParams { jobs: (0..400).map(|_| spec("race")).collect() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let params = JobClaimParams { queues: vec![kyu_core::QueueName::new("race").unwrap()], worker: format!("w{w}"), max: 7, lease_ms: 30_000 };
+            loop {
+                let jobs = store.job_claim(params.clone()).await.expect("claims never fail").jobs;
+                if jobs.is_empty() {
+                    break;
+                }
+                let reports = jobs.iter().map(|j| Report { id: j.id.clone(), token: j.token.clone(), outcome: Outcome::Complete { result: json!(1) } }).collect();
+                store.job_report_many(reports).await.expect("reports never fail");
+            }
+        }));
+    }
+    let operator = {
+        let (store, ids) = (store.clone(), ids.clone());
+        tokio::spawn(async move {
+            for (i, id) in ids.iter().enumerate().rev() {
+                let done = if i % 3 == 0 { store.job_delete(id).await } else { store.job_cancel(id).await.map(|_| ()) };
+                match done {
+                    Ok(()) | Err(kyu_store::StoreError::Conflict(_)) => {}
+                    Err(e) => panic!("an operator's action failed: {e}"),
+                }
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    operator.await.unwrap();
+    for id in &ids {
+        if let Some(job) = store.job_get(id).await.unwrap() {
+            assert!(matches!(job.state, JobState::Completed | JobState::Cancelled), "{id} ended {}", job.state);
+        }
+    }
+}
