@@ -178,21 +178,23 @@ pub(crate) async fn report_many<C: Conn>(
                    FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, token, result) \
                    WHERE j.id = r.id AND j.token = r.token \
                    RETURNING j.id, j.seq, j.has_dependents, j.queue, j.kind, j.attempt, j.started_at, j.finish_watched, \
-                     j.expires_at), \
+                     j.expires_at, r.token), \
                  kept AS (INSERT INTO kyu_expiry (expires_at, seqs) SELECT expires_at, array_agg(seq) FROM done \
                    GROUP BY expires_at) \
-                 SELECT id, seq, has_dependents, queue, kind, attempt, started_at, finish_watched FROM done",
+                 SELECT id, seq, has_dependents, queue, kind, attempt, started_at, finish_watched, token FROM done",
                 &[&tx.now_ts, &tx.settings.retention.keep_result_ms, &ids, &tokens, &results],
             )
             .await
             .db()?;
-        let mut done: HashMap<String, (i64, bool, bool)> = HashMap::with_capacity(rows.len());
+        // By id and token: of two reports of one job in a batch, the one
+        // with the current token is the one that completed it.
+        let mut done: HashMap<(String, String), (i64, bool, bool)> = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: String = r.try_get(0).db()?;
             let queue: &str = r.try_get(3).db()?;
             let started: Option<SystemTime> = r.try_get(6).db()?;
             // Counted by the transaction (running -1, completed +1; see migration 8);
-        // placed by the statement above (migration 14).
+            // placed by the statement above (migration 14).
             tx.moved(queue, "running", "completed", 1);
             tx.happened(Happening::Ended {
                 id: job_id(id.clone())?,
@@ -203,11 +205,11 @@ pub(crate) async fn report_many<C: Conn>(
                 state: JobState::Completed,
                 run_ms: started.map_or(0, |s| (tx.now.0 - millis(s).0).max(0)),
             });
-            done.insert(id, (r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(7).db()?));
+            done.insert((id, r.try_get(8).db()?), (r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(7).db()?));
         }
         let mut missed = Vec::new();
         for &i in &completions {
-            match done.remove(reports[i].id.as_str()) {
+            match done.remove(&(reports[i].id.to_string(), reports[i].token.clone())) {
                 Some((seq, has_dependents, watched)) => {
                     // Announced only to those waiting (see Store::job_watch).
                     if watched {

@@ -266,3 +266,28 @@ pub async fn queue_default_timeout_applies<S: Store>(s: S) {
     assert_eq!(get(&s, &plain).await.errors[0].message, "timeout");
     assert_eq!(get(&s, &own).await.state, JobState::Running);
 }
+
+/// Reports and a claim in one call: each report answered in its own slot
+/// (a stale one refused, changing nothing), and the reports applied before
+/// the claim, so a job they release is claimed by the same call.
+pub async fn reports_ride_on_the_claim<S: Store>(s: S) {
+    let first = enqueue(&s, spec("ride", "k")).await;
+    let mut then = spec("ride", "k");
+    then.depends_on = vec![first.to_string()];
+    let then = enqueue(&s, then).await;
+    let held = claim_one(&s, "ride").await;
+    let mut forged = held.clone();
+    forged.token = "forged".into();
+    let reports = vec![
+        Report { id: forged.id.clone(), token: forged.token, outcome: Outcome::Complete { result: json!("forged") } },
+        Report { id: held.id.clone(), token: held.token.clone(), outcome: Outcome::Complete { result: json!(1) } },
+    ];
+    let params = kyu_store::JobClaimParams { queues: vec![q("ride")], worker: "test-worker".into(), max: 10, lease_ms: 30_000 };
+    let (answers, claimed) = s.job_report_and_claim(reports, params).await.unwrap();
+    assert_eq!(answers.len(), 2);
+    assert!(matches!(answers[0], Err(StoreError::Conflict(_))), "{:?}", answers[0]);
+    assert_eq!(answers[1].as_ref().unwrap(), &JobState::Completed);
+    assert_eq!(claimed.jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&then]);
+    assert_eq!(claimed.jobs[0].dependency_results.get(first.as_str()), Some(&json!(1)));
+    assert_eq!(get(&s, &first).await.result, Some(json!(1)));
+}

@@ -54,6 +54,7 @@ macro_rules! conformance {
             job_report::snooze_gives_attempt_back,
             job_report::checkpoint_and_progress_are_fenced,
             job_report::reports_in_a_batch_are_independent,
+            job_report::reports_ride_on_the_claim,
             job_report::heartbeating_job_past_its_timeout_fails_with_timeout,
             job_report::queue_default_timeout_applies,
             hostile::bad_report_in_a_batch_holds_back_nothing,
