@@ -104,6 +104,23 @@ fn walkthrough(k: &Kyu) {
     error_code(422, s.call("POST", "/v1/reports", Some(r#"{"reports":[{"outcome":"explode","id":"r3","token":"t"}]}"#)));
     error_code(422, s.call("POST", "/v1/reports", Some(r#"{"reports":[{"outcome":"snooze","id":"r3","token":"t","delay_ms":0,"extra":1}]}"#)));
 
+    // Reports carried by the next claim: applied first, answered in the claim's answer.
+    ok(201, s.call("POST", "/v1/jobs/batch", Some(r#"{"jobs":[{"queue":"carry","kind":"k","id":"k1"},{"queue":"carry","kind":"k","id":"k2"}]}"#)));
+    let first = ok(200, s.call("POST", "/v1/claim", Some(r#"{"queues":["carry"],"worker":"w","max":1}"#)));
+    assert!(first.get("reports").is_none() && first["jobs"][0]["id"] == "k1", "no reports given, none answered: {first}");
+    let carried = json!({"queues": ["carry"], "worker": "w", "max": 5, "reports": [
+        {"outcome": "complete", "id": "k1", "token": first["jobs"][0]["token"], "result": 1},
+        {"outcome": "complete", "id": "r3", "token": "forged", "result": 3},
+    ]});
+    let next = ok(200, s.call("POST", "/v1/claim", Some(&carried.to_string())));
+    assert_eq!(next["reports"][0], json!({"id": "k1", "state": "completed"}), "{next}");
+    assert_eq!(next["reports"][1]["error"]["code"], "conflict", "{next}");
+    assert_eq!(next["jobs"].as_array().map(|j| j.iter().map(|j| j["id"].clone()).collect::<Vec<_>>()), Some(vec![json!("k2")]));
+    let bad = r#"{"queues":["carry"],"worker":"w","reports":[{"outcome":"snooze","id":"k2","token":"t","delay_ms":-1}]}"#;
+    let (status, body) = s.call("POST", "/v1/claim", Some(bad));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with("reports[0].delay_ms:")), "{body}");
+
     // Schedules.
     let sched = ok(200, s.call("PUT", "/v1/schedules/nightly", Some(r#"{"cron":"0 3 * * *","timezone":"Europe/Paris","job":{"queue":"cron","kind":"report","payload":{"full":true}}}"#)));
     assert_eq!((sched["name"].as_str(), sched["timezone"].as_str(), sched["enabled"].as_bool()), (Some("nightly"), Some("Europe/Paris"), Some(true)));

@@ -266,11 +266,38 @@ struct Claimed {
     jobs: Vec<ClaimedJob>,
     #[serde(default)]
     next_run_at: Option<kyu_core::Millis>,
+    #[serde(default)]
+    reports: Vec<ReportAnswer>,
 }
 
 #[derive(serde::Deserialize)]
 struct Retried {
     retried: u64,
+}
+
+/// Reports as `POST /v1/reports` and `POST /v1/claim` take them.
+fn report_items(reports: Vec<Report>) -> Vec<Value> {
+    reports
+        .into_iter()
+        .map(|r| match r.outcome {
+            Outcome::Complete { result } => json!({"outcome": "complete", "id": r.id, "token": r.token, "result": result}),
+            Outcome::Fail { error, failure } => json!({"outcome": "fail", "id": r.id, "token": r.token, "error": error,
+                "retry": failure.retry, "retry_in_ms": failure.retry_in_ms}),
+            Outcome::Snooze { delay_ms } => json!({"outcome": "snooze", "id": r.id, "token": r.token, "delay_ms": delay_ms}),
+        })
+        .collect()
+}
+
+/// Each report's answer, in order: its new state or why it was refused.
+fn report_answers(answers: Vec<ReportAnswer>) -> Vec<Result<JobState, StoreError>> {
+    answers
+        .into_iter()
+        .map(|a| match (a.state, a.error) {
+            (Some(state), _) => Ok(state),
+            (None, Some(e)) => Err(slot_error(&e)),
+            (None, None) => Err(StoreError::Backend(format!("no answer for job `{}`", a.id).into())),
+        })
+        .collect()
 }
 
 impl Store for HttpStore {
@@ -291,25 +318,25 @@ impl Store for HttpStore {
 
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {
         // One request for the whole batch (POST /v1/reports), answered per report.
-        let items: Vec<Value> = reports
-            .into_iter()
-            .map(|r| match r.outcome {
-                Outcome::Complete { result } => json!({"outcome": "complete", "id": r.id, "token": r.token, "result": result}),
-                Outcome::Fail { error, failure } => json!({"outcome": "fail", "id": r.id, "token": r.token, "error": error,
-                    "retry": failure.retry, "retry_in_ms": failure.retry_in_ms}),
-                Outcome::Snooze { delay_ms } => json!({"outcome": "snooze", "id": r.id, "token": r.token, "delay_ms": delay_ms}),
-            })
-            .collect();
-        let answer: ReportsAnswer = self.post("/v1/reports", json!({ "reports": items })).await?;
-        Ok(answer
-            .results
-            .into_iter()
-            .map(|a| match (a.state, a.error) {
-                (Some(state), _) => Ok(state),
-                (None, Some(e)) => Err(slot_error(&e)),
-                (None, None) => Err(StoreError::Backend(format!("no answer for job `{}`", a.id).into())),
-            })
-            .collect())
+        let answer: ReportsAnswer = self.post("/v1/reports", json!({ "reports": report_items(reports) })).await?;
+        Ok(report_answers(answer.results))
+    }
+
+    async fn job_report_and_claim(
+        &self,
+        reports: Vec<Report>,
+        p: JobClaimParams,
+    ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
+        if reports.is_empty() {
+            return Ok((Vec::new(), self.job_claim(p).await?));
+        }
+        // One request and one transaction: the reports ride on the claim.
+        let body = json!({
+            "queues": p.queues, "worker": p.worker, "max": p.max.clamp(1, 1000), "lease_ms": p.lease_ms,
+            "wait_ms": self.inner.claim_wait_ms, "reports": report_items(reports),
+        });
+        let c: Claimed = self.post("/v1/claim", body).await?;
+        Ok((report_answers(c.reports), ClaimResult { jobs: c.jobs, next_run_at: c.next_run_at }))
     }
 
     async fn job_heartbeat_many(&self, p: JobHeartbeatParams) -> Result<Vec<Result<Heartbeat, StoreError>>, StoreError> {

@@ -172,17 +172,6 @@ pub fn document() -> Value {
             "since": r("Time"), "until": r("Time"), "error": {"type": "string", "pattern": "^[^\\u0000]{0,1000}$"}}}))),
         vec![ok("200", "how many", Some(json!({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}})))],
         &["400", "401", "403", "415", "422"]));
-    add("/v1/claim", "post", op("Claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
-        Some(body(json!({"type": "object", "required": ["queues", "worker"], "additionalProperties": false, "properties": {
-            "queues": {"type": "array", "items": name.clone(), "minItems": 1, "maxItems": 100},
-            "worker": {"type": "string", "pattern": LABEL_PATTERN},
-            "max": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000},
-            "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000}}}))),
-        vec![ok("200", "claimed jobs (maybe none)", Some(json!({"type": "object", "required": ["jobs"],
-            "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")},
-                "next_run_at": {"anyOf": [r("Time"), {"type": "null"}]}}})))],
-        &["400", "401", "403", "415", "422"]));
     let report_item = |outcome: &str, extra: Value, required: &[&str]| {
         let mut props = json!({"outcome": {"const": outcome}, "id": {"type": "string", "pattern": ID_PATTERN}, "token": {"type": "string"}});
         for (k, v) in extra.as_object().expect("object") {
@@ -192,19 +181,34 @@ pub fn document() -> Value {
         req.extend(required.iter().map(|s| s.to_string()));
         json!({"type": "object", "required": req, "additionalProperties": false, "properties": props})
     };
+    let report_items = json!({"oneOf": [
+        // Content a store cannot hold (a NUL in a result, a delay past
+        // 100 years) is answered in its own slot, so one bad report
+        // never holds back the rest: the items take any value here.
+        report_item("complete", json!({"result": {}}), &[]),
+        report_item("fail", json!({"error": {"type": "string"}, "retry_in_ms": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}, {"type": "null"}]},
+            "retry": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}), &["error"]),
+        report_item("snooze", json!({"delay_ms": {"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}}), &["delay_ms"])]});
+    let report_answers = json!({"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string"}, "state": r("State"), "error": {"type": "object"}}}});
+    add("/v1/claim", "post", op("Apply the reports given, then claim up to max jobs under a lease; long-polls up to wait_ms", none.clone(),
+        Some(body(json!({"type": "object", "required": ["queues", "worker"], "additionalProperties": false, "properties": {
+            "queues": {"type": "array", "items": name.clone(), "minItems": 1, "maxItems": 100},
+            "worker": {"type": "string", "pattern": LABEL_PATTERN},
+            "max": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "lease_ms": {"type": "integer", "minimum": 100, "maximum": 3600000},
+            "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000},
+            "reports": {"type": "array", "maxItems": 1000, "items": report_items.clone()}}}))),
+        vec![ok("200", "claimed jobs (maybe none), and an answer per report given", Some(json!({"type": "object", "required": ["jobs"],
+            "properties": {"jobs": {"type": "array", "items": r("ClaimedJob")},
+                "next_run_at": {"anyOf": [r("Time"), {"type": "null"}]},
+                "reports": report_answers.clone()}})))],
+        &["400", "401", "403", "413", "415", "422"]));
     add("/v1/reports", "post", op("Many reports in one request; each answered in its own slot", none.clone(),
         Some(body(json!({"type": "object", "required": ["reports"], "additionalProperties": false, "properties": {
-            "reports": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"oneOf": [
-                // Content a store cannot hold (a NUL in a result, a delay past
-                // 100 years) is answered in its own slot, so one bad report
-                // never holds back the rest: the items take any value here.
-                report_item("complete", json!({"result": {}}), &[]),
-                report_item("fail", json!({"error": {"type": "string"}, "retry_in_ms": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}, {"type": "null"}]},
-                    "retry": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}), &["error"]),
-                report_item("snooze", json!({"delay_ms": {"type": "integer", "minimum": 0, "maximum": 9223372036854775807i64}}), &["delay_ms"])]}}}}))),
+            "reports": {"type": "array", "minItems": 1, "maxItems": 1000, "items": report_items.clone()}}}))),
         vec![ok("200", "one answer per report", Some(json!({"type": "object", "required": ["results"], "properties": {
-            "results": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
-                "id": {"type": "string"}, "state": r("State"), "error": {"type": "object"}}}}}})))],
+            "results": report_answers.clone()}})))],
         &["400", "401", "403", "413", "415", "422"]));
     add("/v1/heartbeats", "post", op("Many heartbeats in one request; each answered in its own slot", none.clone(),
         Some(body(json!({"type": "object", "required": ["heartbeats"], "additionalProperties": false, "properties": {

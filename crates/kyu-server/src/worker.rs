@@ -31,6 +31,10 @@ pub(crate) struct ClaimRequest {
     lease_ms: Option<i64>,
     #[serde(default, deserialize_with = "wire::null_u64")]
     wait_ms: u64,
+    /// Reports of jobs this worker finished, applied before the claim in the
+    /// same store call (one transaction), as `POST /v1/reports` would.
+    #[serde(default)]
+    reports: Option<Vec<ReportItem>>,
 }
 
 #[derive(Serialize)]
@@ -39,11 +43,14 @@ pub(crate) struct Claimed {
     /// When fewer jobs than asked were claimable: the earliest `run_at` of a
     /// scheduled job in these queues, so a worker knows when to look again.
     next_run_at: Option<kyu_core::Millis>,
+    /// The answers to the request's `reports`, in their order (only if it had some).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reports: Option<Vec<ReportAnswer>>,
 }
 
-/// `POST /v1/claim`: claims up to `max` jobs; with `wait_ms`, long-polls
-/// until at least one is claimable, woken by store events, holding no
-/// database connection while it waits.
+/// `POST /v1/claim`: applies the `reports` it carries, then claims up to
+/// `max` jobs; with `wait_ms`, long-polls until at least one is claimable,
+/// woken by store events, holding no database connection while it waits.
 pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Json<ClaimRequest>) -> ApiResult<axum::Json<Claimed>> {
     if r.queues.is_empty() || r.queues.len() > 100 {
         return Err(ApiError::invalid("queues", "give 1 to 100 queues"));
@@ -63,15 +70,36 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
     if r.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid("wait_ms", format!("at most {MAX_WAIT_MS}")));
     }
+    let mut reports = match r.reports {
+        Some(items) if items.len() > MAX_CLAIM => {
+            return Err(ApiError::invalid("reports", format!("give at most {MAX_CLAIM} reports")));
+        }
+        Some(items) => Some(parse_reports(&app, items)?),
+        None => None,
+    };
     app.seen.touch(&app.store, &r.worker, &queues).await;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(app.config.long_poll_cap);
     let mut events = app.store.subscribe();
+    let mut answered = None;
     loop {
         let params = JobClaimParams { queues: queues.clone(), worker: r.worker.clone(), max, lease_ms };
-        let claimed = app.store.job_claim(params).await?;
+        // The reports go with the first claim; a long poll's later claims carry none.
+        let claimed = match reports.take() {
+            Some(Parsed { batch, answers }) if !batch.is_empty() => {
+                let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
+                let (stored, claimed) = app.store.job_report_and_claim(batch, params).await?;
+                answered = Some(answer_reports(answers, ids, stored));
+                claimed
+            }
+            Some(Parsed { answers, .. }) => {
+                answered = Some(answer_reports(answers, Vec::new(), Vec::new()));
+                app.store.job_claim(params).await?
+            }
+            None => app.store.job_claim(params).await?,
+        };
         let now = tokio::time::Instant::now();
         if !claimed.jobs.is_empty() || now >= deadline {
-            return Ok(axum::Json(Claimed { jobs: claimed.jobs, next_run_at: claimed.next_run_at }));
+            return Ok(axum::Json(Claimed { jobs: claimed.jobs, next_run_at: claimed.next_run_at, reports: answered }));
         }
         let mut wake = deadline.min(now + app.config.claim_recheck);
         if let Some(at) = claimed.next_run_at {
@@ -80,7 +108,9 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
-            _ = app.shutdown.cancelled() => return Ok(axum::Json(Claimed { jobs: Vec::new(), next_run_at: claimed.next_run_at })),
+            _ = app.shutdown.cancelled() => {
+                return Ok(axum::Json(Claimed { jobs: Vec::new(), next_run_at: claimed.next_run_at, reports: answered }));
+            }
             _ = available(&mut events, &queues) => {}
         }
     }
@@ -382,10 +412,25 @@ pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): J
     if r.reports.is_empty() || r.reports.len() > MAX_CLAIM {
         return Err(ApiError::invalid("reports", format!("give 1 to {MAX_CLAIM} reports")));
     }
-    let mut batch = Vec::with_capacity(r.reports.len());
-    let mut answers: Vec<Option<ReportAnswer>> = Vec::with_capacity(r.reports.len());
+    let Parsed { batch, answers } = parse_reports(&app, r.reports)?;
+    let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
+    let stored = if batch.is_empty() { Vec::new() } else { app.store.job_report_many(batch).await? };
+    Ok(axum::Json(ReportsAnswer { results: answer_reports(answers, ids, stored) }))
+}
+
+/// Reports checked for what they carry: those to store, and a slot per
+/// report, already filled for one refused here (too large).
+struct Parsed {
+    batch: Vec<Report>,
+    answers: Vec<Option<ReportAnswer>>,
+}
+
+/// Checks `items` (a malformed one fails the request, naming its field).
+fn parse_reports<S: Store>(app: &AppState<S>, items: Vec<ReportItem>) -> ApiResult<Parsed> {
+    let mut batch = Vec::with_capacity(items.len());
+    let mut answers: Vec<Option<ReportAnswer>> = Vec::with_capacity(items.len());
     let limit = app.config.limits.max_payload_bytes;
-    for (i, item) in r.reports.into_iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let field = |f: &str| format!("reports[{i}].{f}");
         let (id, token, outcome) = match item {
             ReportItem::Complete { id, token, result } => {
@@ -417,10 +462,17 @@ pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): J
         batch.push(Report { id, token, outcome });
         answers.push(None);
     }
-    let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
-    let mut stored = if batch.is_empty() { Vec::new() } else { app.store.job_report_many(batch).await? }.into_iter();
-    let mut ids = ids.into_iter();
-    let results = answers
+    Ok(Parsed { batch, answers })
+}
+
+/// Fills the empty slots of `answers` with the store's answers, in order.
+fn answer_reports(
+    answers: Vec<Option<ReportAnswer>>,
+    ids: Vec<String>,
+    stored: Vec<Result<kyu_core::JobState, kyu_store::StoreError>>,
+) -> Vec<ReportAnswer> {
+    let (mut ids, mut stored) = (ids.into_iter(), stored.into_iter());
+    answers
         .into_iter()
         .map(|slot| {
             slot.unwrap_or_else(|| {
@@ -434,6 +486,5 @@ pub(crate) async fn reports<S: Store>(State(app): State<AppState<S>>, Json(r): J
                 }
             })
         })
-        .collect();
-    Ok(axum::Json(ReportsAnswer { results }))
+        .collect()
 }
