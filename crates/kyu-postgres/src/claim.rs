@@ -36,7 +36,6 @@ pub(crate) async fn report_and_claim<C: Conn>(
             names.push(q.as_str().to_owned());
         }
     }
-    let claim_only = reports.is_empty();
     let reported = async {
         if reports.is_empty() { Ok(Vec::new()) } else { report_many(tx, reports).await }
     };
@@ -49,20 +48,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
         .await
         .db()
     };
-    // A claim alone does not wait for its commit to reach the disk: lost in a
-    // crash of the database, it leaves its jobs queued, and they are handed
-    // out again (at-least-once, as after a lost lease); a later durable
-    // commit, such as the report of one of them, flushes it first. Reports
-    // must be durable, so a transaction carrying any waits; so does a
-    // caller's transaction, whose other writes are not kyu's to relax.
-    let relaxed = async {
-        if claim_only && tx.own {
-            tx.c.query_one("SELECT set_config('synchronous_commit', 'off', true)", &[]).await.db().map(|_| ())
-        } else {
-            Ok(())
-        }
-    };
-    let (reported, _, limits, ()) = tokio::try_join!(reported, promote_due(tx, Some(&names)), limits, relaxed)?;
+    let (reported, _, limits) = tokio::try_join!(reported, promote_due(tx, Some(&names)), limits)?;
     if p.max == 0 || names.is_empty() {
         return Ok((reported, ClaimResult::default()));
     }
