@@ -234,7 +234,7 @@ async fn allowance<C: Conn>(tx: &Tx<'_, C>, name: &str, want: usize) -> Result<O
 
 /// For a query over `kyu_jobs j`: the jobs of queue `$1` claimed and maybe
 /// still running (migration 15); `j.state = 'running'` says which are.
-const RUNNING_OF_QUEUE: &str = "j.seq IN (SELECT unnest(seqs) FROM kyu_claims WHERE queue = $1)";
+const RUNNING_OF_QUEUE: &str = concat!("j.seq IN (", crate::read::claimed!(), " WHERE queue = $1)");
 
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 

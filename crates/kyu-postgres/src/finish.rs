@@ -16,7 +16,7 @@ use tokio_postgres::Row;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::read::{job_id, millis, state_of, ts};
+use crate::read::{CLAIMED, job_id, millis, state_of, ts};
 use crate::settle::settle_dependents;
 use crate::tx::Tx;
 
@@ -417,7 +417,7 @@ pub(crate) async fn save<C: Conn>(tx: &Tx<'_, C>, p: JobSaveParams) -> Result<()
 pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, StoreError> {
     let sql = format!(
         "SELECT {HELD_COLUMNS}, lease_expires_at, deadline_at FROM kyu_jobs \
-         WHERE seq IN (SELECT unnest(seqs) FROM kyu_claims) AND state = 'running' \
+         WHERE seq IN ({CLAIMED}) AND state = 'running' \
            AND (lease_expires_at < $1 OR deadline_at < $1) \
          ORDER BY lease_expires_at LIMIT {} FOR UPDATE SKIP LOCKED",
         kyu_core::transition::MAINTENANCE_BATCH

@@ -14,7 +14,7 @@ use tokio_postgres::Row;
 
 use crate::conn::Conn;
 use crate::error::PgResultExt;
-use crate::read::{job_id, millis, ts};
+use crate::read::{CLAIMED, job_id, millis, ts};
 use crate::tx::{MinuteArrays, Tx};
 
 pub(crate) async fn job_events(c: &impl Conn, id: &JobId) -> Result<Vec<JobEvent>, StoreError> {
@@ -135,8 +135,8 @@ pub(crate) async fn worker_list(c: &impl Conn, now: Millis) -> Result<Vec<Worker
         workers.insert(w.name.clone(), w);
     }
     // What each runs now, from the jobs themselves: never out of date.
-    let rows = c.query("SELECT j.worker, j.id FROM kyu_jobs j WHERE j.seq IN (SELECT unnest(seqs) FROM kyu_claims) AND j.state = 'running' \
-             ORDER BY j.seq", &[]).await.db()?;
+    let sql = format!("SELECT j.worker, j.id FROM kyu_jobs j WHERE j.seq IN ({CLAIMED}) AND j.state = 'running' ORDER BY j.seq");
+    let rows = c.query(&sql, &[]).await.db()?;
     for r in rows {
         let worker: Option<String> = r.try_get(0).db()?;
         if let Some(w) = worker.and_then(|w| workers.get_mut(&w)) {

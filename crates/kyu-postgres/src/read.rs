@@ -22,6 +22,16 @@ macro_rules! pending {
 }
 pub(crate) const PENDING: &str = pending!();
 
+/// The seqs of jobs a claim listed in `kyu_claims` (migration 15), for
+/// `j.seq IN (...)`: of those, the ones running are `j.state = 'running'`.
+macro_rules! claimed {
+    () => {
+        "SELECT unnest(seqs) FROM kyu_claims"
+    };
+}
+pub(crate) const CLAIMED: &str = claimed!();
+pub(crate) use claimed;
+
 /// The columns [`job_from_row`] reads, in its order, for a query over `kyu_jobs j`.
 pub(crate) const JOB_COLUMNS: &str = concat!(
     "j.id, j.queue, j.kind, j.payload, j.checkpoint, j.state, j.priority, j.run_at, j.attempt, \

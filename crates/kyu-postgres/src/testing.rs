@@ -45,8 +45,8 @@ pub async fn fresh_store_at(url: &str) -> (PgStore, Fresh) {
 }
 
 /// A test's schema; dereferences to its name. Dropped after a test that
-/// passed, it counts the jobs whose narrow rows (`kyu_ready`, `kyu_running`,
-/// `kyu_parked`, `kyu_expiry`) disagree with their row and fails the test if
+/// passed, it counts the jobs whose narrow rows (`kyu_ready`, `kyu_parked`,
+/// `kyu_claims`, `kyu_expiry`) disagree with their row and fails the test if
 /// any do: every statement that changes a job must keep them.
 pub struct Fresh {
     schema: String,

@@ -85,15 +85,11 @@ pub(crate) async fn claim<S: Store>(State(app): State<AppState<S>>, Json(r): Jso
         let params = JobClaimParams { queues: queues.clone(), worker: r.worker.clone(), max, lease_ms };
         // The reports go with the first claim; a long poll's later claims carry none.
         let claimed = match reports.take() {
-            Some(Parsed { batch, answers }) if !batch.is_empty() => {
+            Some(Parsed { batch, answers }) => {
                 let ids: Vec<String> = batch.iter().map(|r| r.id.to_string()).collect();
                 let (stored, claimed) = app.store.job_report_and_claim(batch, params).await?;
                 answered = Some(answer_reports(answers, ids, stored));
                 claimed
-            }
-            Some(Parsed { answers, .. }) => {
-                answered = Some(answer_reports(answers, Vec::new(), Vec::new()));
-                app.store.job_claim(params).await?
             }
             None => app.store.job_claim(params).await?,
         };
