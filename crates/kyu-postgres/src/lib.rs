@@ -130,18 +130,28 @@ impl Drop for Inner {
 }
 
 /// Runs `$body` (an expression using `$tx`) in a transaction on a pooled
-/// connection, sends its notifications, and commits.
+/// connection, sends its notifications, and commits, in as few round trips
+/// as the body's statements allow (see [`conn::Pipelined`]).
 macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {{
-        let mut client = $store.inner.pool.get().await.map_err(pool_err)?;
-        let t = client.transaction().await.db()?;
+        let t = crate::conn::Pipelined::new($store.inner.pool.get().await.map_err(pool_err)?);
         let $tx = Tx::own(&t, $store.inner.clock.now(), &$store.inner.settings);
-        let out = $body?;
-        $tx.notify().await?;
+        // The last statement (the notifications) carries the COMMIT.
+        let done = match $body {
+            Ok(out) => $tx.notify().await.map(|()| out),
+            Err(e) => Err(e),
+        };
         let (now, happened) = $tx.take_tally();
         let recheck = $tx.take_recheck();
         drop($tx);
-        t.commit().await.db()?;
+        let out = match done {
+            Ok(out) => out,
+            Err(e) => {
+                t.rollback().await;
+                return Err(e);
+            }
+        };
+        let mut client = t.commit().await.db()?;
         $store.committed(now, &happened).await;
         if !recheck.is_empty() {
             $store.settle_after_commit(&mut client, recheck).await;

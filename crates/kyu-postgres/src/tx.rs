@@ -138,7 +138,9 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// In the same statement, the transaction's claims' and completions'
     /// count deltas are appended to `kyu_queue_count_deltas`, and (unless
     /// [`Tx::own`]) its per-minute statistics to `kyu_stats_deltas`,
-    /// so all cost one round trip.
+    /// so all cost one round trip. It is the transaction's last statement
+    /// ([`crate::conn::Conn::execute_last`]): the store's own transactions
+    /// commit with it.
     pub async fn notify(&self) -> Result<(), StoreError> {
         let payloads = payloads(std::mem::take(&mut *self.events.lock().expect("events")));
         let minutes = if self.own { Minutes::new() } else { self.tally.lock().expect("tally").minutes(self.now) };
@@ -156,7 +158,7 @@ impl<'a, C: Conn> Tx<'a, C> {
         }
         let m = MinuteArrays::of(&minutes);
         self.c
-            .execute(
+            .execute_last(
                 "WITH stats AS ( \
                    INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist) \
                    SELECT minute, queue, enqueued, completed, failed, retried, wait_hist::jsonb, run_hist::jsonb \

@@ -528,3 +528,52 @@ async fn claims_race_cancels_and_deletes_without_deadlock() {
         }
     }
 }
+
+/// The store's transactions send BEGIN with their first statements and
+/// COMMIT with their last (`conn::Pipelined`). A transaction abandoned
+/// mid-flight (its future dropped, as a timeout does) must commit nothing,
+/// and its connection, closed rather than returned mid-transaction, must
+/// not cost the pool its only slot. A statement that fails must roll back
+/// what the transaction had done before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_or_failed_transaction_commits_nothing() {
+    let (_store, schema) = kyu_postgres::testing::fresh_store().await;
+    let opts = PgOptions { schema: Some(schema.to_string()), pool_size: 1, ..PgOptions::default() };
+    let one = PgStore::connect(&kyu_postgres::testing::test_url(), opts).await.unwrap();
+    let job = spec("p");
+    let id = job.id.clone();
+    one.job_insert_many(JobInsertManyParams { jobs: vec![job] }).await.unwrap();
+    let claimed = claim_one(&one, "p").await;
+    let report = Report { id: id.clone(), token: claimed.token.clone(), outcome: Outcome::Complete { result: json!(1) } };
+    let params = || JobClaimParams { queues: vec![kyu_core::QueueName::new("p").unwrap()], worker: "w".into(), max: 5, lease_ms: 30_000 };
+
+    // Another session holds the job's row: the report waits on it, and is abandoned.
+    let other = other_process_view(&schema).await;
+    let oc = other.pool().get().await.unwrap();
+    oc.batch_execute("BEGIN").await.unwrap();
+    oc.execute("SELECT 1 FROM kyu_jobs WHERE id = $1 FOR UPDATE", &[&id.as_str()]).await.unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), one.job_report_and_claim(vec![report.clone()], params())).await;
+    assert!(abandoned.is_err(), "the report waited on the held row");
+    oc.batch_execute("COMMIT").await.unwrap();
+
+    let later = spec("p");
+    one.job_insert_many(JobInsertManyParams { jobs: vec![later.clone()] }).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), one.job_claim(params())).await.expect("the pool has a connection again").unwrap();
+    assert_eq!(got.jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&later.id]);
+    let job = one.job_get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running, "the abandoned report was not committed");
+
+    // A failing statement (a cancelled job's completion refused by a check
+    // added for the test) after the report's first statements: nothing stays.
+    oc.batch_execute(
+        "ALTER TABLE kyu_jobs ADD CONSTRAINT test_no_results CHECK (result IS NULL OR state <> 'completed') NOT VALID",
+    )
+    .await
+    .unwrap();
+    let failed = one.job_report_and_claim(vec![report.clone()], params()).await;
+    assert!(failed.is_err(), "{failed:?}");
+    oc.batch_execute("ALTER TABLE kyu_jobs DROP CONSTRAINT test_no_results").await.unwrap();
+    assert_eq!(one.job_get(&id).await.unwrap().unwrap().state, JobState::Running, "rolled back");
+    let done = one.job_report_many(vec![report]).await.unwrap().remove(0).unwrap();
+    assert_eq!(done, JobState::Completed, "the connection is usable after the rollback");
+}
