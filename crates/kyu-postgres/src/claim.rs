@@ -21,10 +21,17 @@ pub(crate) async fn claim<C: Conn>(tx: &Tx<'_, C>, p: JobClaimParams) -> Result<
     Ok(report_and_claim(tx, Vec::new(), p).await?.1)
 }
 
-/// Applies `reports`, then claims. The reports, the promotion of due
-/// scheduled jobs and the read of the queues' limits do not depend on each
-/// other, so they go to the server pipelined, in one round trip; measured on
-/// W1 this is what bounds a worker's rate, since it has one claim in flight.
+/// Applies `reports`, then claims. The promotion of due scheduled jobs, the
+/// read of the queues' limits, the next scheduled time, the reports and the
+/// claim of the first queue's head do not wait for each other's answers
+/// (only the claim waits for the reports, so that a job they release is
+/// claimed by this call), so they go to the server pipelined, with the
+/// transaction's BEGIN; its COMMIT goes with the notifications. A claim of
+/// a queue without limits is two round trips, three if it carries reports
+/// (it was five and six). That first claim is taken
+/// only if its queue has no limits and is not paused ([`UNLIMITED`]);
+/// otherwise the queue is served after the limits are read, as every other
+/// queue is.
 pub(crate) async fn report_and_claim<C: Conn>(
     tx: &Tx<'_, C>,
     reports: Vec<Report>,
@@ -36,9 +43,6 @@ pub(crate) async fn report_and_claim<C: Conn>(
             names.push(q.as_str().to_owned());
         }
     }
-    let reported = async {
-        if reports.is_empty() { Ok(Vec::new()) } else { report_many(tx, reports).await }
-    };
     let limits = async {
         tx.c.query(
             "SELECT name, paused, concurrency IS NOT NULL OR rate_max IS NOT NULL OR group_concurrency IS NOT NULL, \
@@ -48,23 +52,48 @@ pub(crate) async fn report_and_claim<C: Conn>(
         .await
         .db()
     };
-    let (reported, _, limits) = tokio::try_join!(reported, promote_due(tx, Some(&names)), limits)?;
-    if p.max == 0 || names.is_empty() {
+    let token = new_token();
+    let lease = tx.now.plus_ms(p.lease_ms);
+    let claiming = p.max > 0 && !names.is_empty();
+    // The reports go first: a job they release is claimed by this call.
+    let reported_then_first = async {
+        let reported = if reports.is_empty() { Vec::new() } else { report_many(tx, reports).await? };
+        let first = match names.first() {
+            Some(name) if claiming => {
+                let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
+                Some(take(tx, &queue, UNLIMITED, None, p.max as i64, &token, &p.worker, lease).await?)
+            }
+            _ => None,
+        };
+        Ok::<_, StoreError>((reported, first))
+    };
+    let next = async { if claiming { next_run_at(tx, &names).await } else { Ok(None) } };
+    let (_, limits, next, (reported, mut first)) =
+        tokio::try_join!(promote_due(tx, Some(&names)), limits, next, reported_then_first)?;
+    if !claiming {
         return Ok((reported, ClaimResult::default()));
     }
     let mut known: BTreeMap<String, (bool, bool, Option<i64>)> = BTreeMap::new();
     for r in limits {
         known.insert(r.try_get(0).db()?, (r.try_get(1).db()?, r.try_get(2).db()?, r.try_get(3).db()?));
     }
-    let token = new_token();
-    let lease = tx.now.plus_ms(p.lease_ms);
     let mut jobs: Vec<(ClaimedJob, Option<Value>)> = Vec::new();
     // Queues are served in the order given, as Celery and arq do.
     for name in &names {
         if jobs.len() >= p.max {
             break;
         }
+        let early = first.take();
         let Some(&(paused, limited, queue_timeout)) = known.get(name) else { continue };
+        // The first queue's head, claimed with the first statements: it
+        // stands if it got jobs (the queue had no limits then) or the queue
+        // has none now; else the queue is served below, within its limits.
+        if let Some(batch) = early
+            && (!batch.is_empty() || (!paused && !limited))
+        {
+            start(tx, batch, queue_timeout, true, &mut jobs);
+            continue;
+        }
         if paused {
             continue;
         }
@@ -102,11 +131,6 @@ pub(crate) async fn report_and_claim<C: Conn>(
                 }
             }
         }
-        // RETURNING does not promise the subquery's order; restore it, except
-        // across groups, where the round-robin order is the point.
-        if groups.is_none() {
-            batch.sort_by_key(|a| a.0);
-        }
         if let Some(w) = plan.as_ref().and_then(|a| a.window_after(batch.len())) {
             tx.c.execute(
                 "UPDATE kyu_queues SET rate_window_start = $2, rate_window_count = $3 WHERE name = $1",
@@ -115,23 +139,39 @@ pub(crate) async fn report_and_claim<C: Conn>(
             .await
             .db()?;
         }
-        for ((_, ready_at, _), mut job, deps) in batch {
-            tx.happened(Happening::Started {
-                id: job.id.clone(),
-                queue: job.queue.clone(),
-                kind: job.kind.clone(),
-                attempt: job.attempt,
-                wait_ms: (tx.now.0 - millis(ready_at).0).max(0),
-            });
-            // The queue's default time limit applies to jobs without their own.
-            job.timeout_ms = job.timeout_ms.or(queue_timeout);
-            jobs.push((job, deps));
-        }
+        start(tx, batch, queue_timeout, groups.is_none(), &mut jobs);
     }
     deadlines(tx, &jobs).await?;
     let jobs = with_dependency_results(tx, jobs).await?;
-    let next = if jobs.len() < p.max { next_run_at(tx, &names).await? } else { None };
+    let next = if jobs.len() < p.max { next } else { None };
     Ok((reported, ClaimResult { jobs, next_run_at: next }))
+}
+
+/// For [`take`]: claim only while the queue `$1` has no limits and is not
+/// paused (evaluated once per statement, not per row).
+const UNLIMITED: &str = "AND EXISTS (SELECT 1 FROM kyu_queues q WHERE q.name = $1 AND NOT q.paused \
+    AND q.concurrency IS NULL AND q.rate_max IS NULL AND q.group_concurrency IS NULL)";
+
+/// Records the start of a queue's claimed jobs and adds them to `jobs`, in
+/// claim order unless `sort` is false (across groups the round-robin order
+/// is the point). The queue's default time limit applies to jobs without
+/// their own.
+fn start<C: Conn>(tx: &Tx<'_, C>, mut batch: Vec<Row>, queue_timeout: Option<i64>, sort: bool, jobs: &mut Vec<(ClaimedJob, Option<Value>)>) {
+    // RETURNING does not promise the subquery's order; restore it.
+    if sort {
+        batch.sort_by_key(|a| a.0);
+    }
+    for ((_, ready_at, _), mut job, deps) in batch {
+        tx.happened(Happening::Started {
+            id: job.id.clone(),
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+            attempt: job.attempt,
+            wait_ms: (tx.now.0 - millis(ready_at).0).max(0),
+        });
+        job.timeout_ms = job.timeout_ms.or(queue_timeout);
+        jobs.push((job, deps));
+    }
 }
 
 /// The store takes a job with a time limit back at its deadline, whatever

@@ -74,6 +74,7 @@ macro_rules! conformance {
             job_admin::events_after_commit,
             queue::pause_and_resume,
             queue::concurrency_limit,
+            queue::first_queue_limits_hold_in_a_claim_of_several,
             queue::rate_limit,
             queue::counts,
             queue::group_concurrency_is_fair,

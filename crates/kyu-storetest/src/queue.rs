@@ -36,6 +36,36 @@ pub async fn concurrency_limit<S: Store>(s: S) {
     assert_eq!(claim(&s, "q", 10).await.len(), 2);
 }
 
+/// A claim over several queues: the first one's limits and pause hold (a
+/// backend may claim its head before reading them), and a first queue that
+/// does not exist yet hands out nothing, the next ones theirs.
+pub async fn first_queue_limits_hold_in_a_claim_of_several<S: Store>(s: S) {
+    for _ in 0..3 {
+        enqueue(&s, spec("limited", "k")).await;
+        enqueue(&s, spec("open", "k")).await;
+    }
+    s.queue_update(QueueUpdateParams { concurrency: Some(Some(1)), ..update("limited") }).await.unwrap();
+    let several = |queues: &[&str]| kyu_store::JobClaimParams {
+        queues: queues.iter().map(|n| q(n)).collect(),
+        worker: "w".into(),
+        max: 10,
+        lease_ms: 30_000,
+    };
+    let got = s.job_claim(several(&["nowhere", "limited", "open"])).await.unwrap().jobs;
+    let queues: Vec<&str> = got.iter().map(|j| j.queue.as_str()).collect();
+    assert_eq!(queues, ["limited", "open", "open", "open"], "one of the limited queue's, then the rest");
+    enqueue(&s, spec("open", "k")).await;
+    assert_eq!(s.job_claim(several(&["nowhere", "open"])).await.unwrap().jobs.len(), 1);
+    enqueue(&s, spec("open", "k")).await;
+    s.queue_update(QueueUpdateParams { paused: Some(true), ..update("limited") }).await.unwrap();
+    s.queue_update(QueueUpdateParams { concurrency: Some(None), ..update("limited") }).await.unwrap();
+    let got = s.job_claim(several(&["limited", "open"])).await.unwrap().jobs;
+    let queues: Vec<&str> = got.iter().map(|j| j.queue.as_str()).collect();
+    assert_eq!(queues, ["open"], "a paused first queue hands out nothing");
+    s.queue_update(QueueUpdateParams { paused: Some(false), ..update("limited") }).await.unwrap();
+    assert_eq!(s.job_claim(several(&["limited", "open"])).await.unwrap().jobs.len(), 2, "resumed, without limits");
+}
+
 pub async fn rate_limit<S: Store>(s: S) {
     for _ in 0..10 {
         enqueue(&s, spec("q", "k")).await;
