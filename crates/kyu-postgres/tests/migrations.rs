@@ -2,7 +2,7 @@
 //! up to date on open and keeps working: nothing lost, tokens still fence,
 //! dependencies still release.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kyu_core::{JobId, JobState, QueueName};
 use kyu_postgres::{PgOptions, PgStore};
@@ -109,6 +109,13 @@ async fn a_populated_version_6_database_is_migrated_and_keeps_working() {
 
     // Completing the queued job releases the one waiting for it, and its end
     // reaches a watcher.
+    // (Notifications reach a store once its listening connection is up;
+    // under a loaded test run that can come after the work above.)
+    let up = Instant::now() + Duration::from_secs(10);
+    while !store.is_listening() {
+        assert!(Instant::now() < up, "the store listens");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut events = store.subscribe();
     store.job_watch(&id("w1")).await.unwrap();
     let claim = |n| JobClaimParams { queues: vec![QueueName::new("m").unwrap()], worker: "new".into(), max: n, lease_ms: 30_000 };
