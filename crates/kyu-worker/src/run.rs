@@ -151,8 +151,18 @@ enum End {
 }
 
 /// Claims at the store at once: while one is on its way, the next can go,
-/// so a worker is not held to one round trip per batch.
-const CLAIMS_IN_FLIGHT: usize = 2;
+/// so a worker is not held to one round trip per batch. A worker whose
+/// claims are capped below what it can hold (`batch`, as HTTP workers set
+/// it) keeps more on their way, up to [`MOST_CLAIMS_IN_FLIGHT`], enough to
+/// fill it: measured on W1 over HTTP (claims of 50), four in flight
+/// processed 8-10 % more than two; through the Rust API, whose claims
+/// are not capped, two and four measured the same.
+fn claims_in_flight(capacity: usize, batch: usize) -> usize {
+    capacity.div_ceil(batch.max(1)).clamp(2, MOST_CLAIMS_IN_FLIGHT)
+}
+
+/// See [`claims_in_flight`].
+const MOST_CLAIMS_IN_FLIGHT: usize = 4;
 
 /// Jobs are claimed ahead of free slots only as far as they would start
 /// within this, judging by how long handlers have been taking: a job held
@@ -181,7 +191,7 @@ fn prefetch_allowance<S>(shared: &Shared<S>) -> usize {
 }
 
 /// Claims into free slots (and, while the queue has a backlog and handlers
-/// are short, a little ahead of them), up to [`CLAIMS_IN_FLIGHT`] claims at
+/// are short, a little ahead of them), up to [`claims_in_flight`] claims at
 /// once, each carrying the reports that finished since the last; starts
 /// held jobs as slots free. Returns once told to stop (jobs held but not
 /// started are given back, attempt not spent) or done.
@@ -220,10 +230,10 @@ async fn claim_loop<S: Store>(shared: &Arc<Shared<S>>, tracker: &TaskTracker, sh
             return End::Done;
         }
         shared.claiming.store(!stopping && !idle, std::sync::atomic::Ordering::Relaxed);
-        if !stopping && !idle && inflight.len() < CLAIMS_IN_FLIGHT {
+        let capacity = cfg.concurrency + prefetch_allowance(shared);
+        let batch = cfg.claim_size(capacity);
+        if !stopping && !idle && inflight.len() < claims_in_flight(capacity, batch) {
             let running = cfg.concurrency - slots.available_permits();
-            let capacity = cfg.concurrency + prefetch_allowance(shared);
-            let batch = cfg.claim_size(capacity);
             let mut want = capacity.saturating_sub(running + held.len() + asked_inflight).min(batch);
             if let Some(l) = left {
                 want = want.min(l as usize);
