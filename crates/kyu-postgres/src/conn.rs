@@ -110,20 +110,9 @@ impl Pipelined {
     }
 
     /// `BEGIN`, for the first statement to send ahead of itself; `None` once sent.
-    ///
-    /// The transaction's statements use generic plans. PostgreSQL's default
-    /// re-plans a prepared statement at every execution when its plan for
-    /// the actual parameters looks cheaper than the generic one, which it
-    /// always does for statements over arrays (the claim, the reports, the
-    /// counts): planning took 12 % of PostgreSQL's CPU in W1, and generic
-    /// plans measured 9-15 % more jobs/s (two rounds). These statements
-    /// are written for one plan (index lookups by key); reads outside the
-    /// store's transactions (lists, dashboards) keep the default.
     fn begin(&self) -> Option<impl Future<Output = Result<(), Error>> + Send + '_> {
         let first = !self.begun.swap(true, Ordering::SeqCst);
-        first.then(|| {
-            tokio_postgres::Client::batch_execute(self.client(), "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-        })
+        first.then(|| tokio_postgres::Client::batch_execute(self.client(), "BEGIN"))
     }
 
     /// Prepares `sql` (cached per connection), then sends `BEGIN` if no
