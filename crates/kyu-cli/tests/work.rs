@@ -126,7 +126,9 @@ fn racing_worker_processes_never_share_a_job() {
         k.ok(&["enqueue", "race", "job", &i.to_string()]);
     }
     let log = k.path("runs.txt");
-    let script = format!(r#"echo "$KYU_JOB_ID" >> {}"#, log.display());
+    // Each job takes a little while, so one worker cannot finish them all
+    // before the others have started: the race is what is tested.
+    let script = format!(r#"echo "$KYU_JOB_ID" >> {}; sleep 0.05"#, log.display());
     let workers: Vec<_> = (0..3)
         .map(|w| k.spawn(&format!("w{w}"), &["work", "-q", "race", "--concurrency", "4", "--batch", "2", "--", "sh", "-c", &script]))
         .collect();
