@@ -16,6 +16,11 @@ fn check(report: &serde_json::Value, backend: &str, via: &str) {
     for want in ["W1 enqueue", "W1 process", "W2 enqueue", "W3 p50", "W3 p99", "W4 process (empty)", "W4 process (retained)", "W5 parent done", "W5 without parent"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+    if backend == "postgresql" {
+        for want in ["W1 WAL/job", "W1 commits/job", "W1 dead tuples", "W1 checkpoints", "PostgreSQL ceiling k=100 checkpoints"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
     assert!(names.iter().any(|n| n.contains("ceiling")), "a baseline from the same run: {names:?}");
     assert!(report["ratios"].as_object().is_some_and(|r| !r.is_empty()));
 }

@@ -2,6 +2,10 @@
 //! per completed job, and the dead tuples a run leaves behind. These travel
 //! between machines where jobs/s does not.
 //!
+//! WAL per job doubles when a checkpoint falls inside a run (the first
+//! change to each page after it writes the whole page), so each run also
+//! reports the checkpoints it saw.
+//!
 //! `xact_commit` is flushed by each backend at most once a second, and at
 //! the latest when it exits; so a run's figures are read after its
 //! connections have closed (each run's store names them after its schema in
@@ -20,6 +24,7 @@ use crate::error::CliError;
 pub struct Mark {
     wal_bytes: i64,
     commits: i64,
+    checkpoints: i64,
 }
 
 /// A connection of its own (two: one reads figures, one may hold a snapshot).
@@ -58,15 +63,24 @@ impl PgMeter {
 
     pub async fn mark(&self) -> Result<Mark, CliError> {
         let c = self.probe.pool().get().await.map_err(failed)?;
+        // PostgreSQL 17 moved the checkpoint counts to pg_stat_checkpointer.
+        let version: i32 = c.query_one("SELECT current_setting('server_version_num')::int4", &[]).await.map_err(failed)?.get(0);
+        let checkpoints = if version >= 170000 {
+            "(SELECT num_timed + num_requested FROM pg_stat_checkpointer)"
+        } else {
+            "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
+        };
         let r = c
             .query_one(
-                "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
-                   (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
+                &format!(
+                    "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
+                       (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), {checkpoints}::int8"
+                ),
                 &[],
             )
             .await
             .map_err(failed)?;
-        Ok(Mark { wal_bytes: r.get(0), commits: r.get(1) })
+        Ok(Mark { wal_bytes: r.get(0), commits: r.get(1), checkpoints: r.get(2) })
     }
 
     /// Waits (up to 30 s) until no connection named `app` is left, so their
@@ -92,7 +106,8 @@ impl PgMeter {
     }
 
     /// Per completed job since `before`: WAL bytes and commits, and the
-    /// dead tuples now in `schema`'s tables, as figures named `label ...`.
+    /// dead tuples now in `schema`'s tables and the checkpoints since
+    /// `before`, as figures named `label ...`.
     pub async fn figures(&self, label: &str, before: Mark, jobs: u64, schema: &str) -> Result<Vec<Figure>, CliError> {
         let after = self.mark().await?;
         let c = self.probe.pool().get().await.map_err(failed)?;
@@ -107,6 +122,7 @@ impl PgMeter {
             Figure { name: format!("{label} WAL/job"), value: per_job(after.wal_bytes - before.wal_bytes), unit: "bytes" },
             Figure { name: format!("{label} commits/job"), value: per_job(after.commits - before.commits), unit: "commits" },
             Figure { name: format!("{label} dead tuples"), value: dead as f64, unit: "tuples" },
+            Figure { name: format!("{label} checkpoints"), value: (after.checkpoints - before.checkpoints) as f64, unit: "checkpoints" },
         ])
     }
 
