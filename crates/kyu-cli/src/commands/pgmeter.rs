@@ -30,6 +30,8 @@ pub struct Mark {
 /// A connection of its own (two: one reads figures, one may hold a snapshot).
 pub struct PgMeter {
     probe: PgStore,
+    /// Reads the WAL position, commits and checkpoints (see [`PgMeter::mark`]).
+    mark_sql: String,
 }
 
 /// A `REPEATABLE READ` transaction held open by another connection (W6),
@@ -58,11 +60,7 @@ impl PgMeter {
         // transaction of its own, which would count as the run's commits.
         let opts = PgOptions { schema: Some(schema.to_owned()), pool_size: 2, listen: false, ..PgOptions::default() };
         let probe = PgStore::connect(&named(url, schema), opts).await.map_err(failed)?;
-        Ok(PgMeter { probe })
-    }
-
-    pub async fn mark(&self) -> Result<Mark, CliError> {
-        let c = self.probe.pool().get().await.map_err(failed)?;
+        let c = probe.pool().get().await.map_err(failed)?;
         // PostgreSQL 17 moved the checkpoint counts to pg_stat_checkpointer.
         let version: i32 = c.query_one("SELECT current_setting('server_version_num')::int4", &[]).await.map_err(failed)?.get(0);
         let checkpoints = if version >= 170000 {
@@ -70,16 +68,17 @@ impl PgMeter {
         } else {
             "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
         };
-        let r = c
-            .query_one(
-                &format!(
-                    "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
-                       (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), {checkpoints}::int8"
-                ),
-                &[],
-            )
-            .await
-            .map_err(failed)?;
+        let mark_sql = format!(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
+               (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), {checkpoints}::int8"
+        );
+        drop(c);
+        Ok(PgMeter { probe, mark_sql })
+    }
+
+    pub async fn mark(&self) -> Result<Mark, CliError> {
+        let c = self.probe.pool().get().await.map_err(failed)?;
+        let r = c.query_one(&self.mark_sql, &[]).await.map_err(failed)?;
         Ok(Mark { wal_bytes: r.get(0), commits: r.get(1), checkpoints: r.get(2) })
     }
 
