@@ -317,7 +317,7 @@ pub fn document() -> Value {
         }
     }
     let mut schemas = schemas();
-    for name in ["JobSpec", "RateLimit", "Backoff", "ScheduleSpec"] {
+    for name in ["JobSpec", "RateLimit", "Backoff", "ScheduleSpec", "Flow"] {
         nullable_optionals(&mut schemas[name]);
     }
     json!({
@@ -385,7 +385,9 @@ fn schemas() -> Value {
         "RateLimit": {"type": "object", "required": ["max", "per_ms"], "additionalProperties": false,
             "properties": {"max": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807i64}, "per_ms": positive_duration()}},
         "JobSpec": {"type": "object", "required": ["kind"], "additionalProperties": false,
-            "not": {"required": ["run_at", "delay_ms"]},
+            // Both given is refused; a null one is absent (see nullable_optionals).
+            "not": {"required": ["run_at", "delay_ms"],
+                "properties": {"run_at": {"type": "string"}, "delay_ms": {"type": "integer"}}},
             "if": {"required": ["unique_for_ms"], "properties": {"unique_for_ms": {"type": "integer"}}},
             "then": {"required": ["unique_key"], "properties": {"unique_key": {"type": "string"}}},
             "properties": {
