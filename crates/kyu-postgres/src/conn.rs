@@ -6,7 +6,11 @@
 //! statement and `COMMIT` with their last.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Statement};
@@ -98,11 +102,68 @@ pub(crate) struct Pipelined {
     begun: AtomicBool,
     /// `COMMIT` has been sent with the last statement.
     committed: AtomicBool,
+    /// Statements go in the order they were issued, whichever was prepared
+    /// first: a claim's scan must follow the promotion issued before it.
+    turns: Turns,
+}
+
+/// Send order: each statement takes a ticket when issued and is sent when
+/// every earlier ticket has been sent or given up.
+#[derive(Default)]
+struct Turns {
+    issued: AtomicU64,
+    state: Mutex<(u64, BTreeSet<u64>)>,
+    changed: Notify,
+}
+
+impl Turns {
+    fn take(&self) -> Ticket<'_> {
+        Ticket { turns: self, n: self.issued.fetch_add(1, Ordering::SeqCst), done: false }
+    }
+}
+
+/// A place in [`Turns`]; passes the turn on when used or dropped.
+struct Ticket<'a> {
+    turns: &'a Turns,
+    n: u64,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    async fn wait(&self) {
+        loop {
+            let changed = self.turns.changed.notified();
+            if self.turns.state.lock().expect("turns").0 == self.n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn pass(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut state = self.turns.state.lock().expect("turns");
+        let (next, passed) = &mut *state;
+        passed.insert(self.n);
+        while passed.remove(next) {
+            *next += 1;
+        }
+        drop(state);
+        self.turns.changed.notify_waiters();
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.pass();
+    }
 }
 
 impl Pipelined {
     pub fn new(client: deadpool_postgres::Client) -> Self {
-        Pipelined { client: Some(client), begun: AtomicBool::new(false), committed: AtomicBool::new(false) }
+        Pipelined { client: Some(client), begun: AtomicBool::new(false), committed: AtomicBool::new(false), turns: Turns::default() }
     }
 
     fn client(&self) -> &deadpool_postgres::Client {
@@ -122,16 +183,29 @@ impl Pipelined {
     where
         F: Future<Output = Result<T, Error>> + Send,
     {
+        let mut ticket = self.turns.take();
         let st = self.client().prepare_cached(sql).await?;
+        ticket.wait().await;
         let client: &tokio_postgres::Client = self.client();
-        match self.begin() {
-            Some(begin) => {
-                let (begun, out) = tokio::join!(begin, send(client, st));
-                begun?;
-                out
+        // The first poll puts the messages on the connection's queue; the
+        // turn passes then, not when the answer comes.
+        let sent = async {
+            match self.begin() {
+                Some(begin) => {
+                    let (begun, out) = tokio::join!(begin, send(client, st));
+                    begun?;
+                    out
+                }
+                None => send(client, st).await,
             }
-            None => send(client, st).await,
-        }
+        };
+        let mut sent = std::pin::pin!(sent);
+        std::future::poll_fn(|cx| {
+            let polled = sent.as_mut().poll(cx);
+            ticket.pass();
+            polled
+        })
+        .await
     }
 
     /// Ends the transaction: `COMMIT` unless the last statement carried it;
@@ -193,5 +267,30 @@ impl Conn for Pipelined {
             Ok(n)
         })
         .await
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+
+    /// Statements issued together reach the server in the order issued,
+    /// even when a later one is prepared already and an earlier one must be
+    /// prepared first (a claim's scan issued after a promotion once ran
+    /// before it that way, on a connection that had prepared only the scan).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_reach_the_server_in_the_order_issued() {
+        let (store, _schema) = crate::testing::fresh_store().await;
+        let client = store.pool().get().await.unwrap();
+        client.batch_execute("CREATE TABLE turns (n serial, what text)").await.unwrap();
+        let second = "INSERT INTO turns (what) VALUES ('second')";
+        client.prepare_cached(second).await.unwrap();
+        let t = Pipelined::new(client);
+        let (a, b) = tokio::join!(t.execute("INSERT INTO turns (what) VALUES ('first')", &[]), t.execute(second, &[]));
+        a.unwrap();
+        b.unwrap();
+        let client = t.commit().await.unwrap();
+        let order: Vec<String> = client.query("SELECT what FROM turns ORDER BY n", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(order, ["first", "second"]);
     }
 }
