@@ -298,10 +298,31 @@ async fn take<C: Conn>(
     // writer locks a job's row before its narrow rows (migration 14), and
     // the claim, never waiting, cannot close a cycle with them. A job whose
     // row someone holds keeps its ready row for the next claim.
+    // The scan starts at the queue's head as last seen (migration 16,
+    // `head.rs`): its priority from the head's key on, then the lower
+    // priorities; then what came before the head unseen, if the claim is
+    // not full yet. The outer LIMIT stops each scan once the claim is full.
     let sql = format!(
-        "WITH candidates AS MATERIALIZED ( \
-           SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
-           ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+        "WITH head AS MATERIALIZED ( \
+           SELECT coalesce(h.priority, 2147483647) AS priority, coalesce(h.run_at, '-infinity') AS run_at, coalesce(h.seq, 0) AS seq \
+           FROM (VALUES (1)) AS one LEFT JOIN kyu_ready_head h ON h.queue = $1), \
+         candidates AS MATERIALIZED (SELECT rid, seq FROM ( \
+           SELECT * FROM (SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
+             AND priority = (SELECT priority FROM head) AND (run_at, seq) >= ((SELECT run_at FROM head), (SELECT seq FROM head)) \
+             ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) from_head \
+           UNION ALL \
+           SELECT * FROM (SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
+             AND priority < (SELECT priority FROM head) \
+             ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) lower \
+           UNION ALL \
+           SELECT * FROM (SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
+             AND priority > (SELECT priority FROM head) \
+             ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) higher_unseen \
+           UNION ALL \
+           SELECT * FROM (SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
+             AND priority = (SELECT priority FROM head) AND (run_at, seq) < ((SELECT run_at FROM head), (SELECT seq FROM head)) \
+             ORDER BY priority DESC, run_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED) earlier_unseen \
+         ) c LIMIT $2), \
          picked AS ( \
            SELECT j.seq, c.rid FROM kyu_jobs j JOIN candidates c ON j.seq = c.seq WHERE j.state = 'queued' \
            FOR UPDATE OF j SKIP LOCKED), \

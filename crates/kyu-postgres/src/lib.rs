@@ -27,6 +27,7 @@ mod claim;
 mod conn;
 mod error;
 mod finish;
+mod head;
 mod insert;
 mod listen;
 mod log;
@@ -121,6 +122,7 @@ struct Inner {
     events: broadcast::Sender<StoreEvent>,
     listening: Arc<listen::Listening>,
     listener: tokio::task::JoinHandle<()>,
+    heads: head::Resets,
 }
 
 impl Drop for Inner {
@@ -232,7 +234,9 @@ impl PgStore {
                 observers: Observers::default(),
                 pending: Default::default(),
             };
-        Ok(PgStore { inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener }) })
+        Ok(PgStore {
+            inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener, heads: Default::default() }),
+        })
     }
 
     /// After one of the store's own transactions commits: its statistics
@@ -290,6 +294,26 @@ impl PgStore {
                 Err(e) => return tracing::warn!(error = %e, "settling waiting jobs after a commit failed; maintenance will"),
             }
         }
+    }
+
+    /// After a claim: resets the head of the queues it took jobs from, in
+    /// the background, if due (see `head.rs`); a failed reset only leaves
+    /// claims more to walk.
+    fn reset_heads(&self, claimed: &ClaimResult) {
+        let due = self.inner.heads.due(claimed.jobs.iter().map(|j| j.queue.as_str()));
+        if due.is_empty() {
+            return;
+        }
+        let store = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let Some(inner) = store.upgrade() else { return };
+            let Ok(client) = inner.pool.get().await else { return };
+            for queue in due {
+                if let Err(e) = head::reset(&client, &queue).await {
+                    tracing::debug!(error = %e, queue, "resetting the queue's head failed; the next claim will");
+                }
+            }
+        });
     }
 
     /// Writes the pending statistics in one insert; on failure they stay pending.
@@ -416,7 +440,10 @@ impl Store for PgStore {
         if p.max == 0 || p.queues.is_empty() {
             return Ok(ClaimResult::default());
         }
-        in_tx!(self, tx => claim::claim(&tx, p).await)
+        let claimed: Result<ClaimResult, StoreError> = async { in_tx!(self, tx => claim::claim(&tx, p).await) }.await;
+        let claimed = claimed?;
+        self.reset_heads(&claimed);
+        Ok(claimed)
     }
 
     async fn job_report_and_claim(
@@ -425,7 +452,10 @@ impl Store for PgStore {
         p: JobClaimParams,
     ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
         p.check()?;
-        in_tx!(self, tx => claim::report_and_claim(&tx, reports, p).await)
+        let done: Result<_, StoreError> = async { in_tx!(self, tx => claim::report_and_claim(&tx, reports, p).await) }.await;
+        let (reported, claimed) = done?;
+        self.reset_heads(&claimed);
+        Ok((reported, claimed))
     }
 
     async fn job_report_many(&self, reports: Vec<Report>) -> Result<Vec<Result<JobState, StoreError>>, StoreError> {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("migrations/0013_room_to_update.sql")),
     (14, include_str!("migrations/0014_hot_rows.sql")),
     (15, include_str!("migrations/0015_batch_rows.sql")),
+    (16, include_str!("migrations/0016_ready_head.sql")),
 ];
 
 /// An arbitrary constant naming kyu's migration lock among advisory locks.

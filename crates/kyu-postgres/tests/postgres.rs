@@ -577,3 +577,101 @@ async fn an_abandoned_or_failed_transaction_commits_nothing() {
     let done = one.job_report_many(vec![report]).await.unwrap().remove(0).unwrap();
     assert_eq!(done, JobState::Completed, "the connection is usable after the rollback");
 }
+
+/// The queue's head as the claims start from it (migration 16).
+async fn head_seq(store: &PgStore, queue: &str) -> Option<i64> {
+    let c = store.pool().get().await.unwrap();
+    c.query_opt("SELECT seq FROM kyu_ready_head WHERE queue = $1", &[&queue]).await.unwrap().map(|r| r.get(0))
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < until, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn prioritised(queue: &str, priority: i32) -> kyu_core::NewJob {
+    let mut s = JobSpec::new(queue, "k", json!({}));
+    s.priority = Some(priority);
+    s.validate(Clock::system().now(), &Limits::default()).unwrap()
+}
+
+/// While another session holds a snapshot, so claimed rows cannot be
+/// pruned, claims start at the queue's head: the store moves it along as
+/// it claims, an insert ahead of it (a higher priority) moves it back, and
+/// a row that lands ahead of it unseen (here: the head set past it by hand)
+/// is still claimed, in order, once the claim cannot fill up without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_start_at_the_head_and_miss_nothing_behind_it() {
+    let (store, schema) = kyu_postgres::testing::fresh_store().await;
+    let other = other_process_view(&schema).await;
+    let held = other.pool().get().await.unwrap();
+    held.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").await.unwrap();
+
+    let jobs: Vec<_> = (0..200).map(|_| spec("hd")).collect();
+    let ids: Vec<_> = store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap().into_iter().map(|i| i.id).collect();
+    let params = |max| JobClaimParams { queues: vec![kyu_core::QueueName::new("hd").unwrap()], worker: "w".into(), max, lease_ms: 30_000 };
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        taken.extend(store.job_claim(params(20)).await.unwrap().jobs.into_iter().map(|j| j.id));
+    }
+    assert_eq!(taken, ids[..100].to_vec(), "claimed in order");
+    // The store resets the head after claims (in the background).
+    wait_for("the head moves past the claimed jobs", async || head_seq(&store, "hd").await.is_some_and(|s| s > 1)).await;
+
+    // A higher priority goes first.
+    let urgent = prioritised("hd", 5);
+    let urgent_id = urgent.id.clone();
+    store.job_insert_many(JobInsertManyParams { jobs: vec![urgent] }).await.unwrap();
+    assert_eq!(claim_one(&store, "hd").await.id, urgent_id, "the insert moved the head back");
+
+    // The head set past ready rows by hand: they are claimed after the
+    // rest, and none is lost.
+    let c = store.pool().get().await.unwrap();
+    c.execute(
+        "UPDATE kyu_ready_head h SET priority = r.priority, run_at = r.run_at, seq = r.seq \
+         FROM (SELECT * FROM kyu_ready WHERE queue = 'hd' ORDER BY priority DESC, run_at, seq OFFSET 50 LIMIT 1) r WHERE h.queue = 'hd'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let got: Vec<_> = store.job_claim(params(1000)).await.unwrap().jobs.into_iter().map(|j| j.id).collect();
+    assert_eq!(got, ids[100..].to_vec(), "every ready job, in order");
+    held.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A job enqueued ahead of the head by a transaction that cannot move it
+/// (REPEATABLE READ: its snapshot may predate the head it would compare
+/// with) waits at most until the store resets the head, while claims keep
+/// coming back full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_ahead_of_the_head_unseen_is_claimed_after_the_next_reset() {
+    let (store, _schema) = kyu_postgres::testing::fresh_store().await;
+    let jobs: Vec<_> = (0..400).map(|_| spec("rr")).collect();
+    store.job_insert_many(JobInsertManyParams { jobs }).await.unwrap();
+    let params = || JobClaimParams { queues: vec![kyu_core::QueueName::new("rr").unwrap()], worker: "w".into(), max: 5, lease_ms: 30_000 };
+    store.job_claim(params()).await.unwrap();
+    wait_for("a head", async || head_seq(&store, "rr").await.is_some()).await;
+
+    let mut client = store.pool().get().await.unwrap();
+    let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await.unwrap();
+    let urgent = prioritised("rr", 9);
+    let urgent_id = urgent.id.clone();
+    store.enqueue_in(&tx, vec![urgent]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut claims = 0;
+    loop {
+        let got = store.job_claim(params()).await.unwrap().jobs;
+        assert_eq!(got.len(), 5, "full claims while the queue has a backlog");
+        if got.iter().any(|j| j.id == urgent_id) {
+            assert!(claims > 0, "the enqueue could not move the head, so the first claim starts behind the urgent job");
+            break;
+        }
+        claims += 1;
+        assert!(claims < 70, "the urgent job was claimed within a few resets");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
