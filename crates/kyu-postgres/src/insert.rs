@@ -121,6 +121,15 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             -- Each job's narrow row (migration 14: kyu_place's rule, set-wise).
             INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key)
             SELECT seq, queue, priority, run_at, group_key FROM inserted WHERE state = 'queued'
+        ), ahead AS (
+            -- A queue's first new job ahead of its head moves it back
+            -- (migration 16: kyu_place's rule, set-wise).
+            SELECT kyu_head_back(k.queue, k.priority, k.run_at, k.seq) FROM (
+                SELECT DISTINCT ON (i.queue) i.queue, i.priority, i.run_at, i.seq
+                FROM inserted i JOIN kyu_ready_head h ON h.queue = i.queue
+                WHERE i.state = 'queued'
+                  AND (i.priority > h.priority OR (i.priority = h.priority AND (i.run_at, i.seq) < (h.run_at, h.seq)))
+                ORDER BY i.queue, i.priority DESC, i.run_at, i.seq) AS k
         ), parked AS (
             INSERT INTO kyu_parked (seq, queue, state, run_at)
             SELECT seq, queue, state, run_at FROM inserted WHERE state IN ('scheduled', 'waiting', 'failed', 'cancelled')
@@ -136,7 +145,7 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             SELECT pg_notify($24::text, 'a:' || queue) FROM (SELECT DISTINCT queue FROM inserted
                 WHERE state IN ('queued', 'scheduled')) AS q
         )
-        SELECT id, seq, (SELECT count(*) FROM notified) FROM inserted";
+        SELECT id, seq, (SELECT count(*) FROM notified), (SELECT count(*) FROM ahead) FROM inserted";
     let rows = tx
         .c
         .query(

@@ -626,6 +626,15 @@ async fn claims_start_at_the_head_and_miss_nothing_behind_it() {
     let urgent_id = urgent.id.clone();
     store.job_insert_many(JobInsertManyParams { jobs: vec![urgent] }).await.unwrap();
     assert_eq!(claim_one(&store, "hd").await.id, urgent_id, "the insert moved the head back");
+    // So does a job made ready later (kyu_place): a promoted scheduled job.
+    let mut later = JobSpec::new("hd", "k", json!({}));
+    later.priority = Some(7);
+    later.delay_ms = Some(1_000);
+    let later = later.validate(store.clock().now(), &Limits::default()).unwrap();
+    let later_id = later.id.clone();
+    store.job_insert_many(JobInsertManyParams { jobs: vec![later] }).await.unwrap();
+    store.clock().advance(2_000);
+    assert_eq!(claim_one(&store, "hd").await.id, later_id, "the promotion moved the head back");
 
     // The head set past ready rows by hand: they are claimed after the
     // rest, and none is lost.

@@ -13,12 +13,12 @@
 --
 --   * after claims, a store sets it to the queue's head again, at most
 --     every 50 ms per queue (kyu_postgres::head);
---   * an insert into kyu_ready whose first key comes before it moves it
---     back (the trigger below), so a higher priority or an earlier run_at
---     is claimed first as before. The trigger never waits: if another
---     transaction holds the row, or the inserting one is not READ COMMITTED
---     (its snapshot may predate the row it would compare with), it leaves
---     the hint as it is;
+--   * an insert into kyu_ready whose key comes before it moves it back
+--     (kyu_head_back, called by kyu_place and by the enqueue statement for
+--     the rows they place), so a higher priority or an earlier run_at is
+--     claimed first as before. It never waits: if another transaction holds
+--     the row, or the inserting one is not READ COMMITTED (its snapshot may
+--     predate the row it would compare with), it leaves the hint as it is;
 --   * a row that lands before the hint anyway (those two cases, or an
 --     insert racing with a reset) is claimed when a claim cannot fill up
 --     from the hint on, or after the next reset: nothing waits longer than
@@ -33,20 +33,30 @@ CREATE TABLE kyu_ready_head (
 INSERT INTO kyu_ready_head (queue, priority, run_at, seq)
     SELECT DISTINCT ON (queue) queue, priority, run_at, seq FROM kyu_ready ORDER BY queue, priority DESC, run_at, seq;
 
-CREATE FUNCTION kyu_ready_ahead() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE kyu_ready_head h SET priority = a.priority, run_at = a.run_at, seq = a.seq
-    FROM (
-        SELECT h.queue, k.priority, k.run_at, k.seq
-        FROM kyu_ready_head h
-        JOIN (SELECT DISTINCT ON (queue) queue, priority, run_at, seq FROM added ORDER BY queue, priority DESC, run_at, seq) k
-          ON h.queue = k.queue
-        WHERE (k.priority > h.priority OR (k.priority = h.priority AND (k.run_at, k.seq) < (h.run_at, h.seq)))
-          AND current_setting('transaction_isolation') = 'read committed'
-        FOR UPDATE OF h SKIP LOCKED) a
-    WHERE h.queue = a.queue;
-    RETURN NULL;
-END $$;
+-- Moves queue q's head back to (p, r, s) if that comes before it: see above.
+-- Callers check first that it does, so FIFO inserts write nothing.
+CREATE FUNCTION kyu_head_back(q text, p integer, r timestamptz, s bigint) RETURNS void LANGUAGE sql AS $$
+    UPDATE kyu_ready_head h SET priority = p, run_at = r, seq = s
+    WHERE h.queue = (SELECT queue FROM kyu_ready_head WHERE queue = q
+                       AND (p > priority OR (p = priority AND (r, s) < (run_at, seq))) FOR UPDATE SKIP LOCKED)
+      AND current_setting('transaction_isolation') = 'read committed'
+$$;
 
-CREATE TRIGGER kyu_ready_ahead AFTER INSERT ON kyu_ready
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION kyu_ready_ahead();
+CREATE OR REPLACE FUNCTION kyu_place(j kyu_jobs) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    CASE j.state
+        WHEN 'queued' THEN
+            INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key) VALUES (j.seq, j.queue, j.priority, j.run_at, j.group_key);
+            PERFORM kyu_head_back(j.queue, j.priority, j.run_at, j.seq) FROM kyu_ready_head h
+                WHERE h.queue = j.queue AND (j.priority > h.priority OR (j.priority = h.priority AND (j.run_at, j.seq) < (h.run_at, h.seq)));
+        WHEN 'running' THEN
+            INSERT INTO kyu_claims (token, queue, seqs) VALUES (j.token, j.queue, ARRAY[j.seq]);
+        WHEN 'completed' THEN
+            NULL;
+        ELSE
+            INSERT INTO kyu_parked (seq, queue, state, run_at) VALUES (j.seq, j.queue, j.state, j.run_at);
+    END CASE;
+    IF j.expires_at IS NOT NULL THEN
+        INSERT INTO kyu_expiry (expires_at, seqs) VALUES (j.expires_at, ARRAY[j.seq]);
+    END IF;
+END $$;
