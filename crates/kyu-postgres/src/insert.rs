@@ -127,8 +127,7 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
             SELECT kyu_head_back(k.queue, k.priority, k.run_at, k.seq) FROM (
                 SELECT DISTINCT ON (i.queue) i.queue, i.priority, i.run_at, i.seq
                 FROM inserted i JOIN kyu_ready_head h ON h.queue = i.queue
-                WHERE i.state = 'queued'
-                  AND (i.priority > h.priority OR (i.priority = h.priority AND (i.run_at, i.seq) < (h.run_at, h.seq)))
+                WHERE i.state = 'queued' AND kyu_ahead(i.priority, i.run_at, i.seq, h.priority, h.run_at, h.seq)
                 ORDER BY i.queue, i.priority DESC, i.run_at, i.seq) AS k
         ), parked AS (
             INSERT INTO kyu_parked (seq, queue, state, run_at)

@@ -33,12 +33,19 @@ CREATE TABLE kyu_ready_head (
 INSERT INTO kyu_ready_head (queue, priority, run_at, seq)
     SELECT DISTINCT ON (queue) queue, priority, run_at, seq FROM kyu_ready ORDER BY queue, priority DESC, run_at, seq;
 
+-- Whether key (p, r, s) comes before key (hp, hr, hs) in claim order
+-- (priority DESC, run_at, seq). Inlined where it is used.
+CREATE FUNCTION kyu_ahead(p integer, r timestamptz, s bigint, hp integer, hr timestamptz, hs bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p > hp OR (p = hp AND (r, s) < (hr, hs))
+$$;
+
 -- Moves queue q's head back to (p, r, s) if that comes before it: see above.
 -- Callers check first that it does, so FIFO inserts write nothing.
 CREATE FUNCTION kyu_head_back(q text, p integer, r timestamptz, s bigint) RETURNS void LANGUAGE sql AS $$
     UPDATE kyu_ready_head h SET priority = p, run_at = r, seq = s
-    WHERE h.queue = (SELECT queue FROM kyu_ready_head WHERE queue = q
-                       AND (p > priority OR (p = priority AND (r, s) < (run_at, seq))) FOR UPDATE SKIP LOCKED)
+    WHERE h.queue = (SELECT queue FROM kyu_ready_head WHERE queue = q AND kyu_ahead(p, r, s, priority, run_at, seq)
+                     FOR UPDATE SKIP LOCKED)
       AND current_setting('transaction_isolation') = 'read committed'
 $$;
 
@@ -48,7 +55,7 @@ BEGIN
         WHEN 'queued' THEN
             INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key) VALUES (j.seq, j.queue, j.priority, j.run_at, j.group_key);
             PERFORM kyu_head_back(j.queue, j.priority, j.run_at, j.seq) FROM kyu_ready_head h
-                WHERE h.queue = j.queue AND (j.priority > h.priority OR (j.priority = h.priority AND (j.run_at, j.seq) < (h.run_at, h.seq)));
+                WHERE h.queue = j.queue AND kyu_ahead(j.priority, j.run_at, j.seq, h.priority, h.run_at, h.seq);
         WHEN 'running' THEN
             INSERT INTO kyu_claims (token, queue, seqs) VALUES (j.token, j.queue, ARRAY[j.seq]);
         WHEN 'completed' THEN
