@@ -61,7 +61,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
         let first = match names.first() {
             Some(name) if claiming => {
                 let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
-                Some(take(tx, &queue, UNLIMITED, None, p.max as i64, &token, &p.worker, lease).await?)
+                Some(take(tx, &queue, UNLIMITED, "", None, p.max as i64, &token, &p.worker, lease).await?)
             }
             _ => None,
         };
@@ -108,14 +108,14 @@ pub(crate) async fn report_and_claim<C: Conn>(
         let queue = QueueName::new(name.clone()).map_err(|e| StoreError::Backend(e.into()))?;
         let mut batch = Vec::new();
         match &groups {
-            None => batch = take(tx, &queue, "", None, want, &token, &p.worker, lease).await?,
+            None => batch = take(tx, &queue, "TRUE", "", None, want, &token, &p.worker, lease).await?,
             Some((cap, cursor)) => {
                 let heads = group_heads(tx, name).await?;
                 let running = running_per_group(tx, name).await?;
                 let quotas = kyu_core::claim::group_quotas(&heads, cursor.as_deref(), &running, *cap, want as usize);
                 let mut last = None;
                 for (group, n) in &quotas {
-                    let got = take(tx, &queue, "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
+                    let got = take(tx, &queue, "TRUE", "AND group_key = $7", Some(group), *n as i64, &token, &p.worker, lease).await?;
                     if !got.is_empty() {
                         last = Some(group.clone());
                     }
@@ -124,7 +124,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
                 // Jobs without a group are not limited; they fill what is left.
                 if (batch.len() as i64) < want {
                     let rest = want - batch.len() as i64;
-                    batch.extend(take(tx, &queue, "AND group_key IS NULL", None, rest, &token, &p.worker, lease).await?);
+                    batch.extend(take(tx, &queue, "TRUE", "AND group_key IS NULL", None, rest, &token, &p.worker, lease).await?);
                 }
                 if let Some(last) = last {
                     tx.c.execute("UPDATE kyu_queues SET group_cursor = $2 WHERE name = $1", &[name, &last]).await.db()?;
@@ -149,7 +149,7 @@ pub(crate) async fn report_and_claim<C: Conn>(
 
 /// For [`take`]: claim only while the queue `$1` has no limits and is not
 /// paused (evaluated once per statement, not per row).
-const UNLIMITED: &str = "AND EXISTS (SELECT 1 FROM kyu_queues q WHERE q.name = $1 AND NOT q.paused \
+const UNLIMITED: &str = "EXISTS (SELECT 1 FROM kyu_queues q WHERE q.name = $1 AND NOT q.paused \
     AND q.concurrency IS NULL AND q.rate_max IS NULL AND q.group_concurrency IS NULL)";
 
 /// Records the start of a queue's claimed jobs and adds them to `jobs`, in
@@ -279,11 +279,13 @@ const RUNNING_OF_QUEUE: &str = concat!("j.seq IN (", crate::read::claimed!(), " 
 type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 
 /// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
-/// `$7` for `group`), `SKIP LOCKED`, under one token and lease.
+/// `$7` for `group`), `SKIP LOCKED`, under one token and lease; nothing
+/// unless `guard` (a condition on the queue) holds.
 #[allow(clippy::too_many_arguments)]
 async fn take<C: Conn>(
     tx: &Tx<'_, C>,
     queue: &QueueName,
+    guard: &str,
     filter: &str,
     group: Option<&str>,
     n: i64,
@@ -305,7 +307,7 @@ async fn take<C: Conn>(
     let sql = format!(
         "WITH head AS MATERIALIZED ( \
            SELECT coalesce(h.priority, 2147483647) AS priority, coalesce(h.run_at, '-infinity') AS run_at, coalesce(h.seq, 0) AS seq \
-           FROM (VALUES (1)) AS one LEFT JOIN kyu_ready_head h ON h.queue = $1), \
+           FROM (VALUES (1)) AS one LEFT JOIN kyu_ready_head h ON h.queue = $1 WHERE {guard}), \
          candidates AS MATERIALIZED (SELECT rid, seq FROM ( \
            SELECT * FROM (SELECT ctid AS rid, seq FROM kyu_ready WHERE queue = $1 {filter} \
              AND priority = (SELECT priority FROM head) AND (run_at, seq) >= ((SELECT run_at FROM head), (SELECT seq FROM head)) \
