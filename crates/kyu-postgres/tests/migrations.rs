@@ -74,6 +74,10 @@ async fn a_populated_version_6_database_is_migrated_and_keeps_working() {
     // that walk them find it.
     let misplaced = "SELECT kyu_misplaced()";
     assert_eq!(client.query_one(misplaced, &[]).await.unwrap().get::<_, i64>(0), 0);
+    // The queue's head is its queued job (version 16), where claims start.
+    let head: i64 = client.query_one("SELECT seq FROM kyu_ready_head WHERE queue = 'm'", &[]).await.unwrap().get(0);
+    let q1: i64 = client.query_one("SELECT seq FROM kyu_jobs WHERE id = $1", &[&id("q1").as_str()]).await.unwrap().get(0);
+    assert_eq!(head, q1);
     for (state, job) in [(JobState::Queued, "q1"), (JobState::Running, "r1"), (JobState::Scheduled, "s1"),
         (JobState::Waiting, "w1"), (JobState::Failed, "f1"), (JobState::Completed, "c1")] {
         let p = JobListParams { queue: Some(QueueName::new("m").unwrap()), state: Some(state), ..JobListParams::default() };
