@@ -1,9 +1,10 @@
 //! Each queue's head as last seen (migration 16), where a claim's index
 //! scan starts, so that it does not walk the rows claimed before it while
-//! a held snapshot keeps them from being pruned. Inserts ahead of it move
-//! it back (a trigger); this module sets it to the true head again after
-//! claims, at most once per [`EVERY`] and queue, which also bounds how long
-//! a row that landed ahead of it unseen can wait.
+//! a held snapshot keeps them from being pruned. A job placed ahead of it
+//! moves it back (`kyu_head_back`, in the statements that place it); this
+//! module sets it to the true head again after claims, at most once per
+//! [`EVERY`] and queue, which also bounds how long a row that landed ahead
+//! of it unseen can wait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,16 +28,10 @@ impl Resets {
         let mut last = self.last.lock().expect("head resets");
         let mut due = Vec::new();
         for q in queues {
-            match last.get_mut(q) {
-                Some(at) if now.duration_since(*at) < EVERY => {}
-                Some(at) => {
-                    *at = now;
-                    due.push(q.to_owned());
-                }
-                None => {
-                    last.insert(q.to_owned(), now);
-                    due.push(q.to_owned());
-                }
+            let recent = last.get(q).is_some_and(|at| now.duration_since(*at) < EVERY);
+            if !recent {
+                last.insert(q.to_owned(), now);
+                due.push(q.to_owned());
             }
         }
         due
