@@ -94,72 +94,130 @@ fn to_json(v: &impl serde::Serialize) -> String {
 /// Inserts the rows, creating their queues and notifying waiters, in one
 /// statement. Returns `(id, seq)` of each row actually inserted.
 async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i64)>, StoreError> {
-    const SQL: &str = "\
-        WITH input AS (
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[],
-                $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[],
-                $21::timestamptz[], $22::timestamptz[], $25::int8[], $26::text[])
-              AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key,
-                   unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags,
-                   group_key, finished_at, expires_at, keep_failed_ms, events)
-        ), queues AS (
-            INSERT INTO kyu_queues (name, created_at) SELECT DISTINCT queue, $23::timestamptz FROM input
-            ON CONFLICT (name) DO NOTHING
-        ), inserted AS (
-            INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms,
-                unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, keep_result_ms,
-                errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms, events)
-            SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms,
-                unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms,
-                errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms,
-                coalesce(events::jsonb, '[]'::jsonb)
-            FROM input
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id, seq, queue, state, priority, run_at, group_key, expires_at
-        ), ready AS (
-            -- Each job's narrow row (migration 14: kyu_place's rule, set-wise).
-            INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key)
-            SELECT seq, queue, priority, run_at, group_key FROM inserted WHERE state = 'queued'
-        ), ahead AS (
-            -- A queue's first new job ahead of its head moves it back
-            -- (migration 16: kyu_place's rule, set-wise).
-            SELECT kyu_head_back(k.queue, k.priority, k.run_at, k.seq) FROM (
-                SELECT DISTINCT ON (i.queue) i.queue, i.priority, i.run_at, i.seq
-                FROM inserted i JOIN kyu_ready_head h ON h.queue = i.queue
-                WHERE i.state = 'queued' AND kyu_ahead(i.priority, i.run_at, i.seq, h.priority, h.run_at, h.seq)
-                ORDER BY i.queue, i.priority DESC, i.run_at, i.seq) AS k
-        ), parked AS (
-            INSERT INTO kyu_parked (seq, queue, state, run_at)
-            SELECT seq, queue, state, run_at FROM inserted WHERE state IN ('scheduled', 'waiting', 'failed', 'cancelled')
-        ), kept AS (
-            INSERT INTO kyu_expiry (expires_at, seqs) SELECT expires_at, array_agg(seq) FROM inserted
-            WHERE expires_at IS NOT NULL GROUP BY expires_at
-        ), stats AS (
-            -- Outside a transaction this statement is the whole write, so it
-            -- counts its own enqueues (kyu_core::tally: one per inserted job).
-            INSERT INTO kyu_stats_deltas (minute, queue, enqueued, completed, failed, retried, wait_hist, run_hist)
-            SELECT $27::int8, queue, count(*), 0, 0, 0, '[]', '[]' FROM inserted WHERE $28::bool GROUP BY queue
-        ), notified AS (
-            SELECT pg_notify($24::text, 'a:' || queue) FROM (SELECT DISTINCT queue FROM inserted
-                WHERE state IN ('queued', 'scheduled')) AS q
-        )
-        SELECT id, seq, (SELECT count(*) FROM notified), (SELECT count(*) FROM ahead) FROM inserted";
     let rows = tx
         .c
         .query(
-            SQL,
+            insert_sql(Parts::of(r)),
             &[
                 &r.id, &r.queue, &r.kind, &r.payload, &r.state, &r.priority, &r.run_at, &r.max_attempts, &r.backoff,
                 &r.timeout_ms, &r.unique_key, &r.unique_for_ms, &r.unique_until, &r.depends_on, &r.pending,
                 &r.continue_on_failure, &r.keep_result_ms, &r.errors, &r.tags, &r.group, &r.finished_at, &r.expires_at,
                 &tx.now_ts, &tx.settings.channel, &r.keep_failed_ms, &r.events,
-                &kyu_core::tally::minute_of(tx.now).0, &tx.standalone,
             ],
         )
         .await
         .db()?;
     rows.iter().map(|row| Ok((row.try_get(0).db()?, row.try_get(1).db()?))).collect()
+}
+
+/// Which of the insert's narrow tables a batch writes. Each part the batch
+/// does not need is left out of the statement: PostgreSQL sets up every
+/// node of a plan at each execution, even one that writes no row, and a
+/// single enqueue is mostly that setup (W2, docs/benchmarks.md).
+#[derive(Clone, Copy)]
+struct Parts {
+    /// A queued job: its ready row, and maybe the queue's head moved back.
+    ready: bool,
+    /// A scheduled, waiting or finished job: its parked row.
+    parked: bool,
+    /// A job finished at insert: its expiry row.
+    kept: bool,
+}
+
+impl Parts {
+    fn of(r: &Rows) -> Parts {
+        Parts {
+            ready: r.state.iter().any(|s| s == "queued"),
+            parked: r.state.iter().any(|s| s != "queued"),
+            kept: r.expires_at.iter().any(Option::is_some),
+        }
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.ready) | usize::from(self.parked) << 1 | usize::from(self.kept) << 2
+    }
+}
+
+/// The insert statement for `parts`, built once per combination (so each
+/// is one prepared statement per connection).
+fn insert_sql(parts: Parts) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..8)
+            .map(|i| build_insert_sql(Parts { ready: i & 1 != 0, parked: i & 2 != 0, kept: i & 4 != 0 }))
+            .collect()
+    });
+    &all[parts.index()]
+}
+
+fn build_insert_sql(parts: Parts) -> String {
+    let mut sql = String::from(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+             $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[], \
+             $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[], \
+             $21::timestamptz[], $22::timestamptz[], $25::int8[], $26::text[]) \
+           AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key, \
+             unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags, \
+             group_key, finished_at, expires_at, keep_failed_ms, events) \
+         ), queues AS ( \
+           INSERT INTO kyu_queues (name, created_at) SELECT DISTINCT queue, $23::timestamptz FROM input \
+           ON CONFLICT (name) DO NOTHING \
+         ), inserted AS ( \
+           INSERT INTO kyu_jobs (id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, \
+             unique_key, unique_for_ms, unique_until, depends_on, pending_deps, continue_on_failure, keep_result_ms, \
+             errors, tags, group_key, created_at, finished_at, expires_at, keep_failed_ms, events) \
+           SELECT id, queue, kind, payload::jsonb, state, priority, run_at, max_attempts, backoff::jsonb, timeout_ms, \
+             unique_key, unique_for_ms, unique_until, depends_on::jsonb, pending, continue_on_failure, keep_result_ms, \
+             errors::jsonb, tags::jsonb, group_key, $23::timestamptz, finished_at, expires_at, keep_failed_ms, \
+             coalesce(events::jsonb, '[]'::jsonb) \
+           FROM input \
+           ON CONFLICT (id) DO NOTHING \
+           RETURNING id, seq, queue, state, priority, run_at, group_key, expires_at)",
+    );
+    if parts.ready {
+        // Each job's narrow row (migration 14: kyu_place's rule, set-wise);
+        // a queue's first new job ahead of its head moves it back
+        // (migration 16: kyu_place's rule, set-wise).
+        sql.push_str(
+            ", ready AS ( \
+               INSERT INTO kyu_ready (seq, queue, priority, run_at, group_key) \
+               SELECT seq, queue, priority, run_at, group_key FROM inserted WHERE state = 'queued' \
+             ), ahead AS ( \
+               SELECT kyu_head_back(k.queue, k.priority, k.run_at, k.seq) FROM ( \
+                 SELECT DISTINCT ON (i.queue) i.queue, i.priority, i.run_at, i.seq \
+                 FROM inserted i JOIN kyu_ready_head h ON h.queue = i.queue \
+                 WHERE i.state = 'queued' AND kyu_ahead(i.priority, i.run_at, i.seq, h.priority, h.run_at, h.seq) \
+                 ORDER BY i.queue, i.priority DESC, i.run_at, i.seq) AS k)",
+        );
+    }
+    if parts.parked {
+        sql.push_str(
+            ", parked AS ( \
+               INSERT INTO kyu_parked (seq, queue, state, run_at) \
+               SELECT seq, queue, state, run_at FROM inserted \
+               WHERE state IN ('scheduled', 'waiting', 'failed', 'cancelled'))",
+        );
+    }
+    if parts.kept {
+        sql.push_str(
+            ", kept AS ( \
+               INSERT INTO kyu_expiry (expires_at, seqs) SELECT expires_at, array_agg(seq) FROM inserted \
+               WHERE expires_at IS NOT NULL GROUP BY expires_at)",
+        );
+    }
+    sql.push_str(
+        ", notified AS ( \
+           SELECT pg_notify($24::text, 'a:' || queue) FROM (SELECT DISTINCT queue FROM inserted \
+             WHERE state IN ('queued', 'scheduled')) AS q) \
+         SELECT id, seq, (SELECT count(*) FROM notified)",
+    );
+    // A CTE that only reads runs only if the statement reads it.
+    if parts.ready {
+        sql.push_str(", (SELECT count(*) FROM ahead)");
+    }
+    sql.push_str(" FROM inserted");
+    sql
 }
 
 /// Inserts in the given order: each run of jobs without unique keys or

@@ -426,10 +426,14 @@ impl Store for PgStore {
         if plain {
             // One statement that inserts, creates queues and notifies: it is
             // atomic on its own, so no explicit transaction (one round trip).
+            // Its statistics join the pending ones, as a transaction's do.
             let client = self.inner.pool.get().await.map_err(pool_err)?;
-            let t = Tx::standalone(&client, self.inner.clock.now(), &self.inner.settings);
+            let t = Tx::own(&client, self.inner.clock.now(), &self.inner.settings);
             let out = insert::insert_many(&t, p.jobs).await?;
-            t.tell();
+            let (now, happened) = t.take_tally();
+            drop(t);
+            drop(client);
+            self.committed(now, &happened).await;
             return Ok(out);
         }
         in_tx!(self, tx => insert::insert_many(&tx, p.jobs).await)

@@ -49,9 +49,6 @@ pub(crate) struct Tx<'a, C: Conn> {
     /// Count deltas of the transitions every job takes (claim, completion),
     /// per queue and state, written with the statistics (see migration 8).
     counted: Mutex<std::collections::BTreeMap<(String, &'static str), i64>>,
-    /// A single statement in autocommit (the plain enqueue), which writes
-    /// its own statistics; [`Tx::notify`] is not called on it.
-    pub standalone: bool,
     /// The store's own transaction, not a caller's: its statistics go to
     /// [`Pending`] after the commit instead of into the transaction (a
     /// caller's may roll back after kyu is done with it, so it writes them
@@ -73,7 +70,6 @@ impl<'a, C: Conn> Tx<'a, C> {
             events: Mutex::new(Vec::new()),
             tally: Mutex::new(Tally::default()),
             counted: Mutex::new(std::collections::BTreeMap::new()),
-            standalone: false,
             own: false,
             recheck: Mutex::new(Vec::new()),
         }
@@ -82,11 +78,6 @@ impl<'a, C: Conn> Tx<'a, C> {
     /// A [`Tx`] for the store's own transaction (see [`Tx::own`]).
     pub fn own(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
         Tx { own: true, ..Tx::new(c, now, settings) }
-    }
-
-    /// A [`Tx`] for one statement outside a transaction.
-    pub fn standalone(c: &'a C, now: Millis, settings: &'a Settings) -> Self {
-        Tx { standalone: true, ..Tx::new(c, now, settings) }
     }
 
     /// Records a change, for statistics and observers.
