@@ -16,6 +16,7 @@ use crate::conn::Conn;
 use crate::error::PgResultExt;
 use crate::read::{job_id, state_of, ts};
 use crate::tx::Tx;
+use tokio_postgres::types::ToSql;
 
 /// Column arrays for the `unnest` insert.
 #[derive(Default)]
@@ -94,19 +95,28 @@ fn to_json(v: &impl serde::Serialize) -> String {
 /// Inserts the rows, creating their queues and notifying waiters, in one
 /// statement. Returns `(id, seq)` of each row actually inserted.
 async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = tx
-        .c
-        .query(
-            insert_sql(Parts::of(r)),
-            &[
-                &r.id, &r.queue, &r.kind, &r.payload, &r.state, &r.priority, &r.run_at, &r.max_attempts, &r.backoff,
-                &r.timeout_ms, &r.unique_key, &r.unique_for_ms, &r.unique_until, &r.depends_on, &r.pending,
-                &r.continue_on_failure, &r.keep_result_ms, &r.errors, &r.tags, &r.group, &r.finished_at, &r.expires_at,
-                &tx.now_ts, &tx.settings.channel, &r.keep_failed_ms, &r.events,
-            ],
-        )
-        .await
-        .db()?;
+    // The rows' columns in parameter order: whole arrays for `unnest`, or
+    // the one row's values.
+    macro_rules! columns {
+        ($($i:tt)?) => {
+            [
+                &r.id$([$i])? as &(dyn ToSql + Sync), &r.queue$([$i])?, &r.kind$([$i])?, &r.payload$([$i])?,
+                &r.state$([$i])?, &r.priority$([$i])?, &r.run_at$([$i])?, &r.max_attempts$([$i])?,
+                &r.backoff$([$i])?, &r.timeout_ms$([$i])?, &r.unique_key$([$i])?, &r.unique_for_ms$([$i])?,
+                &r.unique_until$([$i])?, &r.depends_on$([$i])?, &r.pending$([$i])?,
+                &r.continue_on_failure$([$i])?, &r.keep_result_ms$([$i])?, &r.errors$([$i])?, &r.tags$([$i])?,
+                &r.group$([$i])?, &r.finished_at$([$i])?, &r.expires_at$([$i])?, &tx.now_ts, &tx.settings.channel,
+                &r.keep_failed_ms$([$i])?, &r.events$([$i])?,
+            ]
+        };
+    }
+    let parts = Parts::of(r);
+    let rows = if parts.one {
+        tx.c.query(insert_sql(parts), &columns!(0)).await
+    } else {
+        tx.c.query(insert_sql(parts), &columns!()).await
+    }
+    .db()?;
     rows.iter().map(|row| Ok((row.try_get(0).db()?, row.try_get(1).db()?))).collect()
 }
 
@@ -116,6 +126,9 @@ async fn insert_rows<C: Conn>(tx: &Tx<'_, C>, r: &Rows) -> Result<Vec<(String, i
 /// single enqueue is mostly that setup (W2, docs/benchmarks.md).
 #[derive(Clone, Copy)]
 struct Parts {
+    /// A single row: its values as parameters, not arrays to `unnest`
+    /// (which sets up a function scan per column).
+    one: bool,
     /// A queued job: its ready row, and maybe the queue's head moved back.
     ready: bool,
     /// A scheduled, waiting or finished job: its parked row.
@@ -127,6 +140,7 @@ struct Parts {
 impl Parts {
     fn of(r: &Rows) -> Parts {
         Parts {
+            one: r.id.len() == 1,
             ready: r.state.iter().any(|s| s == "queued"),
             parked: r.state.iter().any(|s| s != "queued"),
             kept: r.expires_at.iter().any(Option::is_some),
@@ -134,7 +148,7 @@ impl Parts {
     }
 
     fn index(self) -> usize {
-        usize::from(self.ready) | usize::from(self.parked) << 1 | usize::from(self.kept) << 2
+        usize::from(self.one) | usize::from(self.ready) << 1 | usize::from(self.parked) << 2 | usize::from(self.kept) << 3
     }
 }
 
@@ -143,20 +157,31 @@ impl Parts {
 fn insert_sql(parts: Parts) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        (0..8)
-            .map(|i| build_insert_sql(Parts { ready: i & 1 != 0, parked: i & 2 != 0, kept: i & 4 != 0 }))
+        (0..16)
+            .map(|i| build_insert_sql(Parts { one: i & 1 != 0, ready: i & 2 != 0, parked: i & 4 != 0, kept: i & 8 != 0 }))
             .collect()
     });
     &all[parts.index()]
 }
 
 fn build_insert_sql(parts: Parts) -> String {
-    let mut sql = String::from(
+    // Parameter number and type of each input column ($23 and $24 are the
+    // time and the channel).
+    const INPUT: [(u8, &str); 24] = [
+        (1, "text"), (2, "text"), (3, "text"), (4, "text"), (5, "text"), (6, "int4"), (7, "timestamptz"), (8, "int4"),
+        (9, "text"), (10, "int8"), (11, "text"), (12, "int8"), (13, "timestamptz"), (14, "text"), (15, "int4"),
+        (16, "bool"), (17, "int8"), (18, "text"), (19, "text"), (20, "text"), (21, "timestamptz"), (22, "timestamptz"),
+        (25, "int8"), (26, "text"),
+    ];
+    let suffix = if parts.one { "" } else { "[]" };
+    let values: Vec<String> = INPUT.iter().map(|(n, t)| format!("${n}::{t}{suffix}")).collect();
+    let source = match parts.one {
+        true => format!("(VALUES ({}))", values.join(", ")),
+        false => format!("unnest({})", values.join(", ")),
+    };
+    let mut sql = format!(
         "WITH input AS ( \
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-             $7::timestamptz[], $8::int4[], $9::text[], $10::int8[], $11::text[], $12::int8[], $13::timestamptz[], \
-             $14::text[], $15::int4[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::text[], \
-             $21::timestamptz[], $22::timestamptz[], $25::int8[], $26::text[]) \
+           SELECT * FROM {source} \
            AS t(id, queue, kind, payload, state, priority, run_at, max_attempts, backoff, timeout_ms, unique_key, \
              unique_for_ms, unique_until, depends_on, pending, continue_on_failure, keep_result_ms, errors, tags, \
              group_key, finished_at, expires_at, keep_failed_ms, events) \
@@ -173,7 +198,7 @@ fn build_insert_sql(parts: Parts) -> String {
              coalesce(events::jsonb, '[]'::jsonb) \
            FROM input \
            ON CONFLICT (id) DO NOTHING \
-           RETURNING id, seq, queue, state, priority, run_at, group_key, expires_at)",
+           RETURNING id, seq, queue, state, priority, run_at, group_key, expires_at)"
     );
     if parts.ready {
         // Each job's narrow row (migration 14: kyu_place's rule, set-wise);
