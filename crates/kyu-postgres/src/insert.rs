@@ -1,6 +1,7 @@
 //! Enqueue. The common case (no unique key, no dependencies) is one
-//! statement: an `unnest` insert of the whole batch that also creates new
-//! queues and sends the NOTIFY, so a single enqueue is one round trip.
+//! statement: an insert of the whole batch (`unnest` over its columns, or
+//! one job's values) that also creates new queues and sends the NOTIFY, so
+//! a single enqueue is one round trip.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
