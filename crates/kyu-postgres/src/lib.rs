@@ -434,6 +434,8 @@ impl Store for PgStore {
             let t = Tx::own(&client, self.inner.clock.now(), &self.inner.settings);
             let out = insert::insert_many(&t, p.jobs).await?;
             let (now, happened) = t.take_tally();
+            // The connection goes back first: writing the pending
+            // statistics may need one (a pool of one would wait forever).
             drop(t);
             drop(client);
             self.committed(now, &happened).await;
