@@ -174,6 +174,10 @@ where
         if w == "w4-retained" {
             workloads::fill_history(&store, a.retained).await?;
         }
+        // Both W4 stores start vacuumed and analyzed (see PgMeter::vacuum).
+        if let (Some(m), true) = (meter, w.starts_with("w4")) {
+            m.vacuum(&schema).await?;
+        }
         let held = match (w, meter) {
             ("w6-held", Some(m)) => Some(m.hold_snapshot().await?),
             _ => None,
