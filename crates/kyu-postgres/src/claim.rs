@@ -10,7 +10,7 @@ use kyu_core::transition::deadline;
 use kyu_core::{ClaimedJob, JobState, Millis, QueueName, RateLimit, new_token};
 use kyu_store::{ClaimResult, JobClaimParams, Report, StoreError};
 use serde_json::{Value, json};
-use crate::conn::Conn;
+use crate::conn::{Conn, Pipelined};
 
 use crate::error::PgResultExt;
 use crate::finish::{next_run_at, promote_due, report_many};
@@ -21,6 +21,63 @@ pub(crate) async fn claim<C: Conn>(tx: &Tx<'_, C>, p: JobClaimParams) -> Result<
     Ok(report_and_claim(tx, Vec::new(), p).await?.1)
 }
 
+/// What [`claim_at_once`] found.
+pub(crate) enum AtOnce {
+    Claimed(ClaimResult),
+    /// The queue has limits: nothing was claimed, serve it with [`claim`].
+    Limited,
+}
+
+/// A claim of one queue that carries no reports, in one round trip: the
+/// transaction's BEGIN, the promotion of due jobs, the read of the queue's
+/// settings and next scheduled time, the claim of its head (only if it has
+/// no limits, [`UNLIMITED`]) and the COMMIT go to the server together, since
+/// each statement counts and notifies for itself. An idle worker woken for
+/// one job waits for this round trip only (it was two: the commit waited
+/// for the claim's answer). A queue with limits is served by [`claim`],
+/// whose limits need the queue locked and read first.
+///
+/// What follows the commit needs the claimed rows: the deadlines of jobs
+/// with a time limit (kyu-core's rule), set before the jobs are handed out,
+/// fenced by the claim's token; and the results of their dependencies.
+pub(crate) async fn claim_at_once(tx: &Tx<'_, Pipelined>, p: &JobClaimParams) -> Result<AtOnce, StoreError> {
+    let names = vec![p.queues[0].as_str().to_owned()];
+    let token = new_token();
+    let lease = tx.now.plus_ms(p.lease_ms);
+    let settings = async {
+        tx.c.query_opt(
+            "SELECT paused, concurrency IS NOT NULL OR rate_max IS NOT NULL OR group_concurrency IS NOT NULL, timeout_ms \
+             FROM kyu_queues WHERE name = $1",
+            &[&names[0]],
+        )
+        .await
+        .db()
+    };
+    let commit = async { tx.c.commit_pipelined().await.db() };
+    let (_, settings, next, batch, ()) = tokio::try_join!(
+        promote_due(tx, Some(&names)),
+        settings,
+        next_run_at(tx, &names),
+        take(tx, &p.queues[0], UNLIMITED, "", None, p.max as i64, &token, &p.worker, lease),
+        commit
+    )?;
+    // The settings were read by an earlier statement than the claim's: a
+    // queue created between the two has claimed jobs and no settings read.
+    let (paused, limited, timeout): (bool, bool, Option<i64>) = match settings {
+        Some(r) => (r.try_get(0).db()?, r.try_get(1).db()?, r.try_get(2).db()?),
+        None => (false, false, None),
+    };
+    if batch.is_empty() && limited && !paused {
+        return Ok(AtOnce::Limited);
+    }
+    let mut jobs = Vec::new();
+    start(tx, batch, timeout, true, &mut jobs);
+    deadlines(tx, &jobs).await?;
+    let jobs = with_dependency_results(tx, jobs).await?;
+    let next = if jobs.len() < p.max { next } else { None };
+    Ok(AtOnce::Claimed(ClaimResult { jobs, next_run_at: next }))
+}
+
 /// Applies `reports`, then claims. The promotion of due scheduled jobs, the
 /// read of the queues' limits, the next scheduled time, the reports and the
 /// claim of the first queue's head do not wait for each other's answers
@@ -28,7 +85,8 @@ pub(crate) async fn claim<C: Conn>(tx: &Tx<'_, C>, p: JobClaimParams) -> Result<
 /// claimed by this call), so they go to the server pipelined, with the
 /// transaction's BEGIN; its COMMIT goes with the notifications. A claim of
 /// a queue without limits is two round trips, three if it carries reports
-/// (it was five and six). That first claim is taken
+/// (it was five and six; one for a single queue without reports,
+/// [`claim_at_once`]). That first claim is taken
 /// only if its queue has no limits and is not paused ([`UNLIMITED`]);
 /// otherwise the queue is served after the limits are read, as every other
 /// queue is.
@@ -178,6 +236,7 @@ fn start<C: Conn>(tx: &Tx<'_, C>, mut batch: Vec<Row>, queue_timeout: Option<i64
 /// its heartbeats: set it for the claimed jobs that have one.
 async fn deadlines<C: Conn>(tx: &Tx<'_, C>, jobs: &[(ClaimedJob, Option<Value>)]) -> Result<(), StoreError> {
     let (mut ids, mut at) = (Vec::new(), Vec::new());
+    let Some(token) = jobs.first().map(|(j, _)| j.token.as_str()) else { return Ok(()) };
     for (job, _) in jobs {
         if let Some(d) = deadline(tx.now, job.timeout_ms, tx.settings.timeout_grace_ms) {
             ids.push(job.id.as_str());
@@ -186,8 +245,9 @@ async fn deadlines<C: Conn>(tx: &Tx<'_, C>, jobs: &[(ClaimedJob, Option<Value>)]
     }
     if !ids.is_empty() {
         tx.c.execute(
-            "UPDATE kyu_jobs j SET deadline_at = x.at FROM unnest($1::text[], $2::timestamptz[]) AS x(id, at) WHERE j.id = x.id",
-            &[&ids, &at],
+            "UPDATE kyu_jobs j SET deadline_at = x.at FROM unnest($1::text[], $2::timestamptz[]) AS x(id, at) \
+             WHERE j.id = x.id AND j.token = $3",
+            &[&ids, &at, &token],
         )
         .await
         .db()?;
@@ -280,7 +340,9 @@ type Row = ((i32, SystemTime, i64), ClaimedJob, Option<Value>);
 
 /// Claims up to `n` of `queue`'s head (narrowed by `filter`, which may use
 /// `$7` for `group`), `SKIP LOCKED`, under one token and lease; nothing
-/// unless `guard` (a condition on the queue) holds.
+/// unless `guard` (a condition on the queue) holds. The statement counts
+/// its claim itself (queued -1, running +1 in `kyu_queue_count_deltas`; see
+/// migration 8), so nothing after it needs its answer before the commit.
 #[allow(clippy::too_many_arguments)]
 async fn take<C: Conn>(
     tx: &Tx<'_, C>,
@@ -335,7 +397,10 @@ async fn take<C: Conn>(
            FROM picked WHERE j.seq = picked.seq \
            RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempt, j.max_attempts, j.timeout_ms, \
              j.depends_on, j.priority, j.run_at, j.seq), \
-         running AS (INSERT INTO kyu_claims (token, queue, seqs) SELECT $3, $1, array_agg(seq) FROM claimed HAVING count(*) > 0) \
+         running AS (INSERT INTO kyu_claims (token, queue, seqs) SELECT $3, $1, array_agg(seq) FROM claimed HAVING count(*) > 0), \
+         counted AS (INSERT INTO kyu_queue_count_deltas (queue, state, n) \
+           SELECT $1, s.state, s.sign * c.n FROM (SELECT count(*) AS n FROM claimed) AS c \
+           CROSS JOIN (VALUES ('queued', -1), ('running', 1)) AS s(state, sign) WHERE c.n > 0) \
          SELECT id, kind, payload, checkpoint, attempt, max_attempts, timeout_ms, depends_on, priority, run_at, seq \
          FROM claimed"
     );
@@ -345,8 +410,6 @@ async fn take<C: Conn>(
         None => tx.c.query(&sql, &[&queue.as_str(), &n, &token, &worker, &tx.now_ts, &lease_ts]).await,
     }
     .db()?;
-    // The claim is counted by the transaction (queued -1, running +1; see migration 8).
-    tx.moved(queue.as_str(), "queued", "running", rows.len() as i64);
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let deps: Option<Value> = r.try_get(7).db()?;

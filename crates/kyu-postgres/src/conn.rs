@@ -208,6 +208,28 @@ impl Pipelined {
         .await
     }
 
+    /// Sends `COMMIT` after every statement issued before this call, without
+    /// waiting for their answers: a transaction whose statements need
+    /// nothing from each other's answers commits in the round trip that
+    /// runs them (see `claim::claim_at_once`). Statements issued afterwards
+    /// run on their own, outside the transaction.
+    pub async fn commit_pipelined(&self) -> Result<(), Error> {
+        let mut ticket = self.turns.take();
+        ticket.wait().await;
+        if !self.begun.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut sent = std::pin::pin!(self.client().batch_execute("COMMIT"));
+        std::future::poll_fn(|cx| {
+            let polled = sent.as_mut().poll(cx);
+            ticket.pass();
+            polled
+        })
+        .await?;
+        self.committed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Ends the transaction: `COMMIT` unless the last statement carried it;
     /// nothing to send if no statement ran. Returns the connection.
     pub async fn commit(mut self) -> Result<deadpool_postgres::Client, Error> {
@@ -256,6 +278,9 @@ impl Conn for Pipelined {
         self.run(sql, |c, st| async move { c.execute(&st, params).await }).await
     }
     async fn execute_last(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        if self.committed.load(Ordering::SeqCst) {
+            return self.execute(sql, params).await;
+        }
         self.run(sql, |c, st| async move {
             let (n, committed) = tokio::join!(c.execute(&st, params), c.batch_execute("COMMIT"));
             // A failed statement aborts the transaction, and the server

@@ -456,23 +456,26 @@ pub(crate) async fn rescue<C: Conn>(tx: &Tx<'_, C>) -> Result<RescueCounts, Stor
 }
 
 /// Scheduled jobs whose time has come become queued (of these queues, or
-/// all), a bounded batch at a time.
+/// all), a bounded batch at a time. The statement sends the notifications
+/// itself (delivered at commit, as the transaction's others), so nothing
+/// in the transaction waits for its answer: a claim commits with it in one
+/// round trip (`claim::claim_at_once`).
 pub(crate) async fn promote_due<C: Conn>(tx: &Tx<'_, C>, queues: Option<&[String]>) -> Result<u64, StoreError> {
     let sql = format!(
-        "UPDATE kyu_jobs SET state = 'queued' WHERE seq IN ( \
-           SELECT j.seq FROM kyu_jobs j WHERE j.seq IN ( \
-               SELECT seq FROM kyu_parked WHERE state = 'scheduled' AND run_at <= $1 \
-                 AND ($2::text[] IS NULL OR queue = ANY($2)) \
-               ORDER BY run_at LIMIT {}) \
-             AND j.state = 'scheduled' FOR UPDATE OF j SKIP LOCKED) \
-         RETURNING queue",
+        "WITH promoted AS ( \
+           UPDATE kyu_jobs SET state = 'queued' WHERE seq IN ( \
+             SELECT j.seq FROM kyu_jobs j WHERE j.seq IN ( \
+                 SELECT seq FROM kyu_parked WHERE state = 'scheduled' AND run_at <= $1 \
+                   AND ($2::text[] IS NULL OR queue = ANY($2)) \
+                 ORDER BY run_at LIMIT {}) \
+               AND j.state = 'scheduled' FOR UPDATE OF j SKIP LOCKED) \
+           RETURNING queue), \
+         notified AS (SELECT pg_notify($3, 'a:' || queue) FROM (SELECT DISTINCT queue FROM promoted) AS q) \
+         SELECT (SELECT count(*) FROM promoted), (SELECT count(*) FROM notified)",
         kyu_core::transition::MAINTENANCE_BATCH
     );
-    let rows = tx.c.query(&sql, &[&tx.now_ts, &queues]).await.db()?;
-    for r in &rows {
-        tx.event(StoreEvent::JobsAvailable(queue_name(r.try_get(0).db()?)));
-    }
-    Ok(rows.len() as u64)
+    let row = tx.c.query_one(&sql, &[&tx.now_ts, &queues, &tx.settings.channel]).await.db()?;
+    Ok(row.try_get::<_, i64>(0).db()? as u64)
 }
 
 /// The earliest `run_at` among scheduled jobs of these queues.

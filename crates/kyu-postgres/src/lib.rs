@@ -123,7 +123,14 @@ struct Inner {
     listening: Arc<listen::Listening>,
     listener: tokio::task::JoinHandle<()>,
     heads: head::Resets,
+    /// Queues lately found to have limits, which [`claim::claim_at_once`]
+    /// cannot serve, so their claims skip it for a while.
+    limited: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long a queue found to have limits skips [`claim::claim_at_once`];
+/// then one claim tries it again (its limits may have been lifted).
+const LIMITED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -238,7 +245,7 @@ impl PgStore {
                 pending: Default::default(),
             };
         Ok(PgStore {
-            inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener, heads: Default::default() }),
+            inner: Arc::new(Inner { pool, clock: opts.clock, settings, events, listening, listener, heads: Default::default(), limited: Default::default() }),
         })
     }
 
@@ -295,6 +302,37 @@ impl PgStore {
             match settled {
                 Ok(next) => seqs = next,
                 Err(e) => return tracing::warn!(error = %e, "settling waiting jobs after a commit failed; maintenance will"),
+            }
+        }
+    }
+
+    /// A claim of one queue in one round trip ([`claim::claim_at_once`]),
+    /// unless the claim names several queues or its queue lately had
+    /// limits; `None` to claim the usual way.
+    async fn claim_at_once(&self, p: &JobClaimParams) -> Result<Option<ClaimResult>, StoreError> {
+        let queue = p.queues[0].as_str();
+        if p.queues.iter().any(|q| q.as_str() != queue) {
+            return Ok(None);
+        }
+        {
+            let mut limited = self.inner.limited.lock().expect("limited");
+            match limited.get(queue) {
+                Some(since) if since.elapsed() < LIMITED_FOR => return Ok(None),
+                Some(_) => {
+                    limited.remove(queue);
+                }
+                None => {}
+            }
+        }
+        let done: Result<_, StoreError> = async { in_tx!(self, tx => claim::claim_at_once(&tx, p).await) }.await;
+        match done? {
+            claim::AtOnce::Claimed(claimed) => {
+                self.reset_heads(&claimed);
+                Ok(Some(claimed))
+            }
+            claim::AtOnce::Limited => {
+                self.inner.limited.lock().expect("limited").insert(queue.to_owned(), std::time::Instant::now());
+                Ok(None)
             }
         }
     }
@@ -449,6 +487,9 @@ impl Store for PgStore {
         if p.max == 0 || p.queues.is_empty() {
             return Ok(ClaimResult::default());
         }
+        if let Some(claimed) = self.claim_at_once(&p).await? {
+            return Ok(claimed);
+        }
         let claimed: Result<ClaimResult, StoreError> = async { in_tx!(self, tx => claim::claim(&tx, p).await) }.await;
         let claimed = claimed?;
         self.reset_heads(&claimed);
@@ -461,6 +502,9 @@ impl Store for PgStore {
         p: JobClaimParams,
     ) -> Result<(Vec<Result<JobState, StoreError>>, ClaimResult), StoreError> {
         p.check()?;
+        if reports.is_empty() && p.max > 0 && !p.queues.is_empty() {
+            return Ok((Vec::new(), self.job_claim(p).await?));
+        }
         let done: Result<_, StoreError> = async { in_tx!(self, tx => claim::report_and_claim(&tx, reports, p).await) }.await;
         let (reported, claimed) = done?;
         self.reset_heads(&claimed);
