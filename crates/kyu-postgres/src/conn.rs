@@ -140,6 +140,18 @@ impl Ticket<'_> {
         }
     }
 
+    /// Runs `sent` in this turn: its first poll puts its messages on the
+    /// connection's queue, so the turn passes then, not when the answer comes.
+    async fn send<T>(mut self, sent: impl Future<Output = T>) -> T {
+        let mut sent = std::pin::pin!(sent);
+        std::future::poll_fn(|cx| {
+            let polled = sent.as_mut().poll(cx);
+            self.pass();
+            polled
+        })
+        .await
+    }
+
     fn pass(&mut self) {
         if std::mem::replace(&mut self.done, true) {
             return;
@@ -183,12 +195,10 @@ impl Pipelined {
     where
         F: Future<Output = Result<T, Error>> + Send,
     {
-        let mut ticket = self.turns.take();
+        let ticket = self.turns.take();
         let st = self.client().prepare_cached(sql).await?;
         ticket.wait().await;
         let client: &tokio_postgres::Client = self.client();
-        // The first poll puts the messages on the connection's queue; the
-        // turn passes then, not when the answer comes.
         let sent = async {
             match self.begin() {
                 Some(begin) => {
@@ -199,13 +209,7 @@ impl Pipelined {
                 None => send(client, st).await,
             }
         };
-        let mut sent = std::pin::pin!(sent);
-        std::future::poll_fn(|cx| {
-            let polled = sent.as_mut().poll(cx);
-            ticket.pass();
-            polled
-        })
-        .await
+        ticket.send(sent).await
     }
 
     /// Sends `COMMIT` after every statement issued before this call, without
@@ -214,18 +218,12 @@ impl Pipelined {
     /// runs them (see `claim::claim_at_once`). Statements issued afterwards
     /// run on their own, outside the transaction.
     pub async fn commit_pipelined(&self) -> Result<(), Error> {
-        let mut ticket = self.turns.take();
+        let ticket = self.turns.take();
         ticket.wait().await;
         if !self.begun.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut sent = std::pin::pin!(self.client().batch_execute("COMMIT"));
-        std::future::poll_fn(|cx| {
-            let polled = sent.as_mut().poll(cx);
-            ticket.pass();
-            polled
-        })
-        .await?;
+        ticket.send(self.client().batch_execute("COMMIT")).await?;
         self.committed.store(true, Ordering::SeqCst);
         Ok(())
     }
